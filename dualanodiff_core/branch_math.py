@@ -1,0 +1,101 @@
+"""DualAnoDiff's branch math on interleaved pair batches ``[g0, a0, g1, a1, ...]``.
+
+Pure tensor functions, shared by the diffusers attention processors and the ComfyUI patches.
+Row ``2n`` is the global branch of pair ``n``, row ``2n + 1`` its anomaly branch. Nothing here
+loops over pairs: pairs are a batch dimension after ``view(n_pairs, 2, ...)``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+GLOBAL, ANOMALY = 0, 1
+
+
+def as_pairs(x: torch.Tensor) -> torch.Tensor:
+    """``(2N, ...)`` -> ``(N, 2, ...)``; refuses an odd batch with a clear message."""
+    if x.shape[0] % 2:
+        raise ValueError(
+            f"DualAnoDiff needs an even batch of interleaved (global, anomaly) pairs, got {x.shape[0]} rows"
+        )
+    return x.view(x.shape[0] // 2, 2, *x.shape[1:])
+
+
+def branch_lora_delta(
+    x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """Per-branch LoRA delta ``up[b] @ down[b] @ x * scale[b]`` for each row's branch ``b``.
+
+    x: ``(2N, T, C_in)`` interleaved; down: ``(2, r, C_in)``; up: ``(2, C_out, r)``;
+    scale: ``(2,)`` strength per branch. Returns ``(2N, T, C_out)``.
+    """
+    pairs = as_pairs(x)
+    hidden = torch.einsum("nbtc,brc->nbtr", pairs, down) * scale.view(1, 2, 1, 1)
+    return torch.einsum("nbtr,bor->nbto", hidden, up).reshape(x.shape[0], x.shape[1], up.shape[1])
+
+
+def single_branch_lora_delta(
+    x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """One branch's LoRA delta on every row (BCM's reference pass uses the global branch)."""
+    return F.linear(F.linear(x, down), up) * scale
+
+
+def saim(
+    o: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    in_weight: torch.Tensor,
+    in_bias: torch.Tensor,
+    qkv_weight: torch.Tensor,
+    qkv_bias: torch.Tensor,
+    out_weight: torch.Tensor,
+    out_bias: torch.Tensor,
+    strength: float = 1.0,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Self-attention interaction module on an attention output ``o`` of shape ``(2N, T, C)``.
+
+    Per spatial position, the (global, anomaly) pair forms a 2-token sequence that goes through
+    single-head attention of width C; the result is added back to ``o`` scaled by ``strength``.
+    With two tokens, ``softmax([s0, s1])[1] == sigmoid(s1 - s0)``, so the attention is
+    ``v0 + sigmoid(q . (k1 - k0) / sqrt(C)) * (v1 - v0)`` with no score matrix at all.
+    """
+    if strength == 0:
+        return o
+    c = o.shape[-1]
+    x = F.linear(F.layer_norm(o, (c,), norm_weight, norm_bias, eps), in_weight, in_bias)
+    q, k, v = F.linear(as_pairs(x), qkv_weight, qkv_bias).chunk(3, dim=-1)  # each (N, 2, T, C)
+    dk = (k[:, ANOMALY] - k[:, GLOBAL]).unsqueeze(1)
+    dv = (v[:, ANOMALY] - v[:, GLOBAL]).unsqueeze(1)
+    w_anomaly = torch.sigmoid((q * dk).sum(-1, keepdim=True) * (1.0 / math.sqrt(c)))
+    mixed = v[:, GLOBAL].unsqueeze(1) + w_anomaly * dv
+    y = F.linear(mixed, out_weight, out_bias).reshape(o.shape)
+    return o + y if strength == 1 else o + strength * y
+
+
+def bcm_fuse_kv_input(
+    h: torch.Tensor,
+    h_ref: torch.Tensor,
+    mlp_in_weight: torch.Tensor,
+    mlp_in_bias: torch.Tensor,
+    mlp_out_weight: torch.Tensor,
+    mlp_out_bias: torch.Tensor,
+    gamma: torch.Tensor,
+) -> torch.Tensor:
+    """Background compensation: the global rows' self-attention key/value input becomes
+    ``(1 - gamma) * h + gamma * MLP(h_ref)``; anomaly rows keep ``h``.
+
+    h: ``(2N, T, C)`` normed attn1 input; h_ref: ``(N, T, C)`` the reference pass's normed attn1
+    input for each pair's background. The MLP has no activation (two linears, as trained).
+    """
+    pairs = as_pairs(h)
+    if h_ref.shape != pairs[:, GLOBAL].shape:
+        raise ValueError(
+            f"BCM background tokens {tuple(h_ref.shape)} do not match the global rows {tuple(pairs[:, GLOBAL].shape)}"
+        )
+    bg = F.linear(F.linear(h_ref, mlp_in_weight, mlp_in_bias), mlp_out_weight, mlp_out_bias)
+    fused = torch.lerp(pairs[:, GLOBAL], bg, gamma.to(h.dtype))
+    return torch.stack((fused, pairs[:, ANOMALY]), dim=1).reshape(h.shape)

@@ -1,0 +1,120 @@
+"""The ``dualanodiff`` command line. Each subcommand keeps ``add_arguments`` and ``run`` apart."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import DualAnoDiffError
+
+DTYPES = ("fp16", "bf16", "fp32")
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="import a checkpoint saved by the paper's reference code into one DualAnoDiff file",
+        description="Convert the reference implementation's pytorch_lora_weights.safetensors or .bin "
+        "(plain or BCM variant, optional text-encoder LoRA) into a DualAnoDiff checkpoint. Pickle .bin "
+        "files are read with torch.load(weights_only=True): anything but plain tensors is refused.",
+    )
+    p.add_argument("input", type=Path, help="reference checkpoint: pytorch_lora_weights.safetensors or .bin")
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="output .safetensors (default: <input folder>/<input folder name>.dualanodiff.safetensors)")
+    p.add_argument("--dtype", choices=DTYPES, default="fp16", help="storage precision of the output (default: fp16)")
+    p.add_argument("--prompt-global", default="a vfx with sks",
+                   help="global-branch prompt the model was trained with, stored in the file (default: %(default)r)")
+    p.add_argument("--prompt-anomaly", default="sks",
+                   help="anomaly-branch prompt the model was trained with (default: %(default)r)")
+    p.add_argument("--prompt-negative", default="", help="negative prompt for both branches (default: empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    p.set_defaults(run=run_convert)
+
+
+def run_convert(args) -> int:
+    from .checkpoint import save_checkpoint
+    from .reference_import import convert_reference
+
+    prompts = {"global": args.prompt_global, "anomaly": args.prompt_anomaly, "negative": args.prompt_negative}
+    output = args.output or args.input.parent / f"{args.input.resolve().parent.name}.dualanodiff.safetensors"
+    if output.exists() and not args.overwrite:
+        raise DualAnoDiffError(f"{output} already exists; choose another --output or pass --overwrite")
+    ckpt = convert_reference(args.input, prompts=prompts)
+    save_checkpoint(output, ckpt, dtype=_torch_dtype(args.dtype))
+    print(f"wrote {output} (components: {', '.join(ckpt.components)}; rank {ckpt.rank}; "
+          f"{len(ckpt.attention_paths())} attention modules)")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export-lora",
+        help="write each branch's LoRA (and the text-encoder LoRA) as ordinary kohya LoRA files",
+        description="Export a DualAnoDiff checkpoint's global and anomaly UNet LoRAs and its shared "
+        "text-encoder LoRA as kohya-format .safetensors files that ComfyUI's LoraLoader reads. SAIM and "
+        "BCM cannot be expressed as an ordinary LoRA and are left out.",
+    )
+    p.add_argument("checkpoint", type=Path, help="DualAnoDiff checkpoint (.safetensors), or a reference "
+                   "pytorch_lora_weights.* file (converted on the fly)")
+    p.add_argument("--output-dir", type=Path, default=None, help="folder for the LoRA files (default: the checkpoint's folder)")
+    p.add_argument("--name", default=None, help="file name stem; files are <name>_global/_anomaly/_text_encoder."
+                   "safetensors (default: the checkpoint's stem)")
+    p.add_argument("--parts", nargs="+", choices=("global", "anomaly", "text_encoder"),
+                   default=["global", "anomaly", "text_encoder"], help="which LoRAs to write (default: all)")
+    p.add_argument("--dtype", choices=DTYPES, default="fp16", help="storage precision (default: fp16)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .kohya_export import export_loras
+    from .reference_import import convert_reference, looks_like_reference
+
+    if looks_like_reference(args.checkpoint):
+        ckpt = convert_reference(args.checkpoint)
+    else:
+        ckpt = load_checkpoint(args.checkpoint)
+    name = args.name or args.checkpoint.name.split(".")[0]
+    written = export_loras(ckpt, args.output_dir or args.checkpoint.parent, name, parts=args.parts,
+                           dtype=_torch_dtype(args.dtype), overwrite=args.overwrite)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="dualanodiff",
+        description="DualAnoDiff: few-shot anomaly image generation with two interrelated diffusion branches.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_convert(sub)
+    _add_export(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.run(args)
+    except DualAnoDiffError as exc:
+        print(f"dualanodiff {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

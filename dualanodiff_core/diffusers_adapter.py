@@ -1,0 +1,230 @@
+"""DualAnoDiff on a diffusers ``UNet2DConditionModel``: attention processors and the dual UNet.
+
+Usage::
+
+    from dualanodiff_core import load_dual_unet
+    dual = load_dual_unet(unet, "defect.safetensors", text_encoder=text_encoder)
+    eps = dual(latents_2n, t, context_2n, background=noised_bg_n).sample
+
+``latents_2n`` holds interleaved pairs ``[g0, a0, g1, a1, ...]`` (with classifier-free guidance,
+``[uncond pairs | cond pairs]``); ``background`` (BCM checkpoints only) one noised background
+latent per pair, in the same unscaled latent space the checkpoint was trained with.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .branch_math import GLOBAL
+from .layers import DualAttentionLayers
+
+
+@dataclass
+class Strengths:
+    """User-facing strengths: 0 switches a part off exactly, 1 is the trained model."""
+
+    global_lora: float = 1.0
+    anomaly_lora: float = 1.0
+    saim: float = 1.0
+
+
+@dataclass
+class _RunState:
+    strengths: Strengths = field(default_factory=Strengths)
+    reference_pass: bool = False
+    background_tokens: dict = field(default_factory=dict)
+    _scale_cache: dict = field(default_factory=dict)
+
+    def lora_scale(self, like: torch.Tensor) -> torch.Tensor:
+        key = (like.device, like.dtype, self.strengths.global_lora, self.strengths.anomaly_lora)
+        scale = self._scale_cache.get(key)
+        if scale is None:
+            self._scale_cache.clear()
+            scale = torch.tensor(
+                [self.strengths.global_lora, self.strengths.anomaly_lora], device=like.device, dtype=like.dtype
+            )
+            self._scale_cache[key] = scale
+        return scale
+
+
+def attention_modules(unet: nn.Module) -> dict[str, nn.Module]:
+    """Every attention module that carries a processor, by its diffusers path (``...attn1``)."""
+    return {
+        name[: -len(".processor")]: unet.get_submodule(name[: -len(".processor")])
+        for name in unet.attn_processors
+    }
+
+
+def is_self_attention(path: str) -> bool:
+    return path.rsplit(".", 1)[-1] == "attn1"
+
+
+def module_key(path: str) -> str:
+    """``nn.ModuleDict`` keys cannot hold dots."""
+    return path.replace(".", "__")
+
+
+def build_layers(unet: nn.Module, rank: int, saim: bool = True, bcm: bool = False) -> nn.ModuleDict:
+    """Fresh DualAnoDiff layers for every attention module of ``unet`` (BCM on self-attention only)."""
+    layers = nn.ModuleDict()
+    for path, attn in attention_modules(unet).items():
+        layers[module_key(path)] = DualAttentionLayers(
+            query_dim=attn.to_q.in_features,
+            context_dim=attn.to_k.in_features,
+            inner_dim=attn.to_q.out_features,
+            rank=rank,
+            saim=saim,
+            bcm=bcm and is_self_attention(path),
+        )
+    return layers
+
+
+class DualAnoDiffAttnProcessor:
+    """diffusers attention processor: per-branch LoRA, BCM key/value fusion, SAIM."""
+
+    def __init__(self, path: str, layers: DualAttentionLayers, state: _RunState):
+        self.path = path
+        self.layers = layers
+        self.state = state
+        self.self_attention = is_self_attention(path)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        if hidden_states.ndim != 3:
+            raise ValueError(f"{self.path}: DualAnoDiff expects (batch, tokens, channels) attention input")
+        layers, state = self.layers, self.state
+        h = hidden_states
+        if encoder_hidden_states is None:
+            context = h
+        else:
+            context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
+
+        if state.reference_pass:
+            if self.self_attention:
+                state.background_tokens[self.path] = h
+            s = state.strengths.global_lora
+            lora = lambda target, x: layers.lora(target).branch_delta(x, GLOBAL, s)  # noqa: E731
+        else:
+            if self.self_attention and layers.bcm is not None and self.path in state.background_tokens:
+                context = layers.bcm(h, state.background_tokens[self.path])
+            scale = state.lora_scale(h)
+            lora = lambda target, x: layers.lora(target).delta(x, scale)  # noqa: E731
+
+        q = attn.to_q(h) + lora("q", h)
+        k = attn.to_k(context) + lora("k", context)
+        v = attn.to_v(context) + lora("v", context)
+        a = _multi_head_attention(attn, q, k, v, attention_mask)
+        out = attn.to_out[0](a) + lora("out", a)
+        out = attn.to_out[1](out)
+        if not state.reference_pass and layers.saim is not None:
+            out = layers.saim(out, state.strengths.saim)
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
+def _multi_head_attention(attn, q, k, v, attention_mask):
+    b, heads = q.shape[0], attn.heads
+    head_dim = q.shape[-1] // heads
+    q, k, v = (t.view(b, -1, heads, head_dim).transpose(1, 2) for t in (q, k, v))
+    if attention_mask is not None:
+        attention_mask = attn.prepare_attention_mask(attention_mask, k.shape[2], b)
+        attention_mask = attention_mask.view(b, heads, -1, attention_mask.shape[-1])
+    a = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
+    return a.transpose(1, 2).reshape(b, -1, heads * head_dim).to(q.dtype)
+
+
+class DualAnoDiffUNet(nn.Module):
+    """A diffusers UNet with DualAnoDiff's two branches; called like the UNet itself.
+
+    ``forward(sample, timestep, encoder_hidden_states, background=None, **kwargs)`` takes interleaved
+    pairs. With ``background`` (one noised background latent per pair) and BCM layers present, a
+    reference pass runs first on the backgrounds with each pair's global-row context and the global
+    LoRA, without SAIM, and its self-attention inputs feed the global rows of the main pass.
+    """
+
+    def __init__(self, unet: nn.Module, layers: nn.ModuleDict, strengths: Strengths | None = None):
+        super().__init__()
+        self.unet = unet
+        self.dual_layers = layers
+        self._state = _RunState(strengths=strengths or Strengths())
+        self._original_processors = dict(unet.attn_processors)
+        processors = {}
+        for path in attention_modules(unet):
+            key = module_key(path)
+            if key not in layers:
+                raise KeyError(f"no DualAnoDiff layers for attention module {path}")
+            processors[f"{path}.processor"] = DualAnoDiffAttnProcessor(path, layers[key], self._state)
+        unet.set_attn_processor(processors)
+
+    @property
+    def strengths(self) -> Strengths:
+        return self._state.strengths
+
+    @property
+    def has_bcm(self) -> bool:
+        return any(layer.bcm is not None for layer in self.dual_layers.values())
+
+    def detach(self) -> nn.Module:
+        """Give the UNet its original processors back and return it."""
+        self.unet.set_attn_processor(self._original_processors)
+        return self.unet
+
+    def forward(self, sample, timestep, encoder_hidden_states, background=None, **kwargs):
+        if sample.shape[0] % 2:
+            raise ValueError(
+                f"DualAnoDiff needs interleaved (global, anomaly) pairs: got an odd batch of {sample.shape[0]}"
+            )
+        state = self._state
+        state.background_tokens = {}
+        try:
+            if background is not None:
+                if not self.has_bcm:
+                    raise ValueError("a background was given but this checkpoint has no BCM weights")
+                self._reference_pass(background, sample, timestep, encoder_hidden_states, kwargs)
+            return self.unet(sample, timestep, encoder_hidden_states, **kwargs)
+        finally:
+            state.background_tokens = {}
+
+    def _reference_pass(self, background, sample, timestep, encoder_hidden_states, kwargs):
+        n_pairs = sample.shape[0] // 2
+        if background.shape[0] != n_pairs or background.shape[1:] != sample.shape[1:]:
+            raise ValueError(
+                f"background must hold one latent per pair, shape {(n_pairs, *sample.shape[1:])}, "
+                f"got {tuple(background.shape)}"
+            )
+        if torch.is_tensor(timestep) and timestep.ndim == 1 and timestep.shape[0] == sample.shape[0]:
+            timestep = timestep[GLOBAL::2]
+        self._state.reference_pass = True
+        try:
+            self.unet(background, timestep, encoder_hidden_states[GLOBAL::2], **kwargs)
+        finally:
+            self._state.reference_pass = False
+
+
+def load_dual_unet(
+    unet: nn.Module,
+    checkpoint,
+    text_encoder: nn.Module | None = None,
+    strengths: Strengths | None = None,
+    clip_strength: float = 1.0,
+) -> DualAnoDiffUNet:
+    """Put a DualAnoDiff checkpoint (path or :class:`DualAnoDiffCheckpoint`) on a diffusers UNet.
+
+    The UNet keeps its weights; the text encoder, if given, gets the checkpoint's shared LoRA
+    (through peft). Layers take the UNet's device and dtype.
+    """
+    from .checkpoint import DualAnoDiffCheckpoint, load_checkpoint
+    from .text_encoder_lora import apply_text_encoder_lora
+
+    ckpt = checkpoint if isinstance(checkpoint, DualAnoDiffCheckpoint) else load_checkpoint(Path(checkpoint))
+    layers = build_layers(unet, rank=ckpt.rank, saim=ckpt.has("saim"), bcm=ckpt.has("bcm"))
+    ckpt.load_into_layers(layers, {path: module_key(path) for path in attention_modules(unet)})
+    param = next(unet.parameters())
+    layers.to(device=param.device, dtype=param.dtype)
+    if text_encoder is not None and ckpt.has("text_encoder_lora"):
+        apply_text_encoder_lora(text_encoder, ckpt.text_encoder_lora(), strength=clip_strength)
+    return DualAnoDiffUNet(unet, layers, strengths)

@@ -1,0 +1,94 @@
+"""Trainable DualAnoDiff parameters of one attention module, as ``nn.Module``s.
+
+Parameter names here are the checkpoint's key suffixes (docs/checkpoint-format.md).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import branch_math
+
+LORA_TARGETS = ("q", "k", "v", "out")
+BCM_HIDDEN = 320
+
+
+class BranchLoRA(nn.Module):
+    """Two LoRA sets (global, anomaly) for one linear map ``C_in -> C_out``; scale 1 (no alpha)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int):
+        super().__init__()
+        self.down = nn.Parameter(torch.randn(2, rank, in_features) / rank)
+        self.up = nn.Parameter(torch.zeros(2, out_features, rank))
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[1]
+
+    def delta(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return branch_math.branch_lora_delta(x, self.down, self.up, scale)
+
+    def branch_delta(self, x: torch.Tensor, branch: int, scale: float) -> torch.Tensor:
+        return branch_math.single_branch_lora_delta(x, self.down[branch], self.up[branch], scale)
+
+
+class SAIM(nn.Module):
+    """Self-attention interaction module; default PyTorch init as in the reference (not zero)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, channels)
+        self.qkv = nn.Linear(channels, 3 * channels)  # q, k, v stacked along the output
+        self.proj_out = nn.Linear(channels, channels)
+
+    def forward(self, o: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+        return branch_math.saim(
+            o,
+            self.norm.weight, self.norm.bias,
+            self.proj_in.weight, self.proj_in.bias,
+            self.qkv.weight, self.qkv.bias,
+            self.proj_out.weight, self.proj_out.bias,
+            strength=strength, eps=self.norm.eps,
+        )
+
+
+class BCMFusion(nn.Module):
+    """Background compensation for one self-attention: gated MLP of the background tokens."""
+
+    def __init__(self, channels: int, hidden: int = BCM_HIDDEN):
+        super().__init__()
+        self.mlp_in = nn.Linear(channels, hidden)
+        self.mlp_out = nn.Linear(hidden, channels)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, h: torch.Tensor, h_ref: torch.Tensor) -> torch.Tensor:
+        return branch_math.bcm_fuse_kv_input(
+            h, h_ref,
+            self.mlp_in.weight, self.mlp_in.bias, self.mlp_out.weight, self.mlp_out.bias,
+            self.gamma,
+        )
+
+
+class DualAttentionLayers(nn.Module):
+    """Everything DualAnoDiff adds to one attention module (attn1 or attn2)."""
+
+    def __init__(
+        self,
+        query_dim: int,
+        context_dim: int,
+        inner_dim: int,
+        rank: int,
+        saim: bool = True,
+        bcm: bool = False,
+    ):
+        super().__init__()
+        self.lora_q = BranchLoRA(query_dim, inner_dim, rank)
+        self.lora_k = BranchLoRA(context_dim, inner_dim, rank)
+        self.lora_v = BranchLoRA(context_dim, inner_dim, rank)
+        self.lora_out = BranchLoRA(inner_dim, query_dim, rank)
+        self.saim = SAIM(query_dim) if saim else None
+        self.bcm = BCMFusion(query_dim) if bcm else None
+
+    def lora(self, target: str) -> BranchLoRA:
+        return getattr(self, f"lora_{target}")

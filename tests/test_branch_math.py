@@ -1,0 +1,73 @@
+"""The branch math against the spec computed directly (tests/spec_reference.py)."""
+import pytest
+import torch
+
+from dualanodiff_core import branch_math
+from dualanodiff_core.layers import BCMFusion, SAIM
+from spec_reference import bcm_rows, lora_rows, saim_pairs, saim_params_from_module
+
+PAIR_COUNTS = [1, 2, 3, 5]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("n_pairs", PAIR_COUNTS)
+def test_lora_delta_matches_per_row_merged_weights(n_pairs):
+    x = torch.randn(2 * n_pairs, 7, 12)
+    down, up = torch.randn(2, 4, 12), torch.randn(2, 9, 4)
+    scales = torch.tensor([0.7, 1.3])
+    got = branch_math.branch_lora_delta(x, down, up, scales)
+    assert got.shape == (2 * n_pairs, 7, 9)
+    torch.testing.assert_close(got, lora_rows(x, down, up, scales), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_pairs", PAIR_COUNTS)
+@pytest.mark.parametrize("strength", [1.0, 0.4])
+def test_saim_matches_two_token_softmax_attention(n_pairs, strength):
+    saim = SAIM(16)
+    for p in saim.parameters():
+        p.data.normal_(0, 0.3)
+    o = torch.randn(2 * n_pairs, 5, 16)
+    with torch.no_grad():
+        got = saim(o, strength)
+    expected = saim_pairs(o, saim_params_from_module(saim), strength)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_saim_strength_zero_returns_input_exactly():
+    o = torch.randn(4, 5, 16)
+    assert SAIM(16)(o, 0.0) is o
+
+
+@pytest.mark.parametrize("n_pairs", PAIR_COUNTS)
+def test_bcm_fusion_matches_spec(n_pairs):
+    bcm = BCMFusion(16)
+    for p in bcm.parameters():
+        p.data.normal_(0, 0.3)
+    h, h_ref = torch.randn(2 * n_pairs, 6, 16), torch.randn(n_pairs, 6, 16)
+    with torch.no_grad():
+        got = bcm(h, h_ref)
+    expected = bcm_rows(h, h_ref, dict(
+        mlp1_w=bcm.mlp_in.weight.detach(), mlp1_b=bcm.mlp_in.bias.detach(),
+        mlp2_w=bcm.mlp_out.weight.detach(), mlp2_b=bcm.mlp_out.bias.detach(), gamma=bcm.gamma.detach()))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got[1::2], h[1::2]), "anomaly rows must not see the background"
+
+
+def test_bcm_gamma_zero_keeps_input():
+    bcm = BCMFusion(8)
+    h = torch.randn(2, 3, 8)
+    torch.testing.assert_close(bcm(h, torch.randn(1, 3, 8)), h)
+
+
+def test_odd_batch_is_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match="even batch of interleaved"):
+        branch_math.branch_lora_delta(torch.randn(3, 2, 4), torch.randn(2, 1, 4), torch.randn(2, 4, 1), torch.ones(2))
+
+
+def test_bcm_shape_mismatch_is_reported():
+    with pytest.raises(ValueError, match="background tokens"):
+        BCMFusion(8)(torch.randn(4, 3, 8), torch.randn(1, 3, 8))
