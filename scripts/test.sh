@@ -6,14 +6,20 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh --test || { echo "install failed"; exit 1; }
 copies=$(.venv/bin/python scripts/fetch_comfyui.py) || { echo "could not fetch the ComfyUI copies"; exit 1; }
 
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
 failed=0
-echo "== core tests"
-.venv/bin/python -m pytest tests --ignore=tests/comfyui -q "$@" || failed=1
+run() {  # run NAME [env...] -- pytest args
+  local name=$1; shift
+  echo "== $name"
+  env "$@" 2>&1 | tee "$logs/$name.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || failed=1
+}
+run core .venv/bin/python -m pytest tests --ignore=tests/comfyui -q
 while read -r label path; do
-  echo "== ComfyUI tests against ComfyUI $label"
-  DUALANODIFF_COMFYUI="$path" .venv/bin/python -m pytest tests/comfyui -q "$@" || failed=1
+  run "comfyui-$label" DUALANODIFF_COMFYUI="$path" .venv/bin/python -m pytest tests/comfyui -q
 done <<< "$copies"
-if [ "$failed" -ne 0 ]; then
-  echo "some test runs FAILED (see above)"
-fi
+
+count() { grep -hoE "[0-9]+ $1" "$logs"/*.log | awk '{s += $1} END {print s + 0}'; }
+echo "total: $(count passed) passed, $(( $(count failed) + $(count error) )) failed"
 exit "$failed"
