@@ -89,6 +89,54 @@ def run_export(args) -> int:
     return 0
 
 
+def _add_train(sub) -> None:
+    from . import train_args
+
+    p = sub.add_parser(
+        "train",
+        help="few-shot dual-branch training on a handful of defect images and masks",
+        description="Train both UNet branch LoRAs, SAIM, the shared text-encoder LoRA and optionally BCM on a "
+        "few defect image/mask pairs (an MVTec AD category or two folders). Defaults follow the reference. "
+        "For several GPUs or machines run it through accelerate: "
+        "`accelerate launch -m dualanodiff_core.cli train ...`.",
+    )
+    train_args.add_arguments(p)
+    p.set_defaults(run=run_train, parser=p)
+
+
+def run_train(args) -> int:
+    from .train_args import check_arguments
+    from .trainer import train
+
+    check_arguments(args, args.parser.error)
+    path = train(args)
+    if path is not None:
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_generate(sub) -> None:
+    from . import generate
+
+    p = sub.add_parser(
+        "generate",
+        help="generate a dataset of image/mask pairs from a base model and a DualAnoDiff checkpoint",
+        description="Generate N (image, anomaly part, mask) triples into OUT/<object>/<defect>/{image,fg,mask}/ "
+        "with a manifest.jsonl; resumable (finished samples are skipped, never overwritten); several GPUs "
+        "with `accelerate launch -m dualanodiff_core.cli generate ...`.",
+    )
+    generate.add_arguments(p)
+    p.set_defaults(run=run_generate)
+
+
+def run_generate(args) -> int:
+    from .generate import generate
+
+    root = generate(args)
+    print(f"wrote samples under {root}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -98,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(sub)
+    _add_generate(sub)
     _add_convert(sub)
     _add_export(sub)
     return parser

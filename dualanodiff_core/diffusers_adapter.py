@@ -34,9 +34,9 @@ class Strengths:
 
 @dataclass
 class _RunState:
+    """Settings shared by all processors of one model (constant during a forward)."""
+
     strengths: Strengths = field(default_factory=Strengths)
-    reference_pass: bool = False
-    background_tokens: dict = field(default_factory=dict)
     _scale_cache: dict = field(default_factory=dict)
 
     def lora_scale(self, like: torch.Tensor) -> torch.Tensor:
@@ -49,6 +49,15 @@ class _RunState:
             )
             self._scale_cache[key] = scale
         return scale
+
+
+@dataclass
+class PassContext:
+    """What one UNet call needs beyond its inputs. It travels in ``cross_attention_kwargs`` so that
+    gradient checkpointing, which re-runs blocks during backward, sees the same context again."""
+
+    reference: bool = False
+    background_tokens: dict = field(default_factory=dict)
 
 
 def attention_modules(unet: nn.Module) -> dict[str, nn.Module]:
@@ -92,24 +101,26 @@ class DualAnoDiffAttnProcessor:
         self.state = state
         self.self_attention = is_self_attention(path)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 dualanodiff: PassContext | None = None):
         if hidden_states.ndim != 3:
             raise ValueError(f"{self.path}: DualAnoDiff expects (batch, tokens, channels) attention input")
         layers, state = self.layers, self.state
+        pass_ctx = dualanodiff or _PLAIN_PASS
         h = hidden_states
         if encoder_hidden_states is None:
             context = h
         else:
             context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
 
-        if state.reference_pass:
+        if pass_ctx.reference:
             if self.self_attention:
-                state.background_tokens[self.path] = h
+                pass_ctx.background_tokens[self.path] = h
             s = state.strengths.global_lora
             lora = lambda target, x: layers.lora(target).branch_delta(x, GLOBAL, s)  # noqa: E731
         else:
-            if self.self_attention and layers.bcm is not None and self.path in state.background_tokens:
-                context = layers.bcm(h, state.background_tokens[self.path])
+            if self.self_attention and layers.bcm is not None and self.path in pass_ctx.background_tokens:
+                context = layers.bcm(h, pass_ctx.background_tokens[self.path])
             scale = state.lora_scale(h)
             lora = lambda target, x: layers.lora(target).delta(x, scale)  # noqa: E731
 
@@ -119,11 +130,14 @@ class DualAnoDiffAttnProcessor:
         a = _multi_head_attention(attn, q, k, v, attention_mask)
         out = attn.to_out[0](a) + lora("out", a)
         out = attn.to_out[1](out)
-        if not state.reference_pass and layers.saim is not None:
+        if not pass_ctx.reference and layers.saim is not None:
             out = layers.saim(out, state.strengths.saim)
         if attn.residual_connection:
             out = out + hidden_states
         return out / attn.rescale_output_factor
+
+
+_PLAIN_PASS = PassContext()
 
 
 def _multi_head_attention(attn, q, k, v, attention_mask):
@@ -173,23 +187,21 @@ class DualAnoDiffUNet(nn.Module):
         self.unet.set_attn_processor(self._original_processors)
         return self.unet
 
-    def forward(self, sample, timestep, encoder_hidden_states, background=None, **kwargs):
+    def forward(self, sample, timestep, encoder_hidden_states, background=None, cross_attention_kwargs=None, **kwargs):
         if sample.shape[0] % 2:
             raise ValueError(
                 f"DualAnoDiff needs interleaved (global, anomaly) pairs: got an odd batch of {sample.shape[0]}"
             )
-        state = self._state
-        state.background_tokens = {}
-        try:
-            if background is not None:
-                if not self.has_bcm:
-                    raise ValueError("a background was given but this checkpoint has no BCM weights")
-                self._reference_pass(background, sample, timestep, encoder_hidden_states, kwargs)
-            return self.unet(sample, timestep, encoder_hidden_states, **kwargs)
-        finally:
-            state.background_tokens = {}
+        main = PassContext()
+        extra = dict(cross_attention_kwargs or {})
+        if background is not None:
+            if not self.has_bcm:
+                raise ValueError("a background was given but this checkpoint has no BCM weights")
+            self._reference_pass(background, sample, timestep, encoder_hidden_states, main, extra, kwargs)
+        return self.unet(sample, timestep, encoder_hidden_states,
+                         cross_attention_kwargs={**extra, "dualanodiff": main}, **kwargs)
 
-    def _reference_pass(self, background, sample, timestep, encoder_hidden_states, kwargs):
+    def _reference_pass(self, background, sample, timestep, encoder_hidden_states, main, extra, kwargs):
         n_pairs = sample.shape[0] // 2
         if background.shape[0] != n_pairs or background.shape[1:] != sample.shape[1:]:
             raise ValueError(
@@ -198,11 +210,9 @@ class DualAnoDiffUNet(nn.Module):
             )
         if torch.is_tensor(timestep) and timestep.ndim == 1 and timestep.shape[0] == sample.shape[0]:
             timestep = timestep[GLOBAL::2]
-        self._state.reference_pass = True
-        try:
-            self.unet(background, timestep, encoder_hidden_states[GLOBAL::2], **kwargs)
-        finally:
-            self._state.reference_pass = False
+        reference = PassContext(reference=True, background_tokens=main.background_tokens)
+        self.unet(background, timestep, encoder_hidden_states[GLOBAL::2],
+                  cross_attention_kwargs={**extra, "dualanodiff": reference}, **kwargs)
 
 
 def load_dual_unet(

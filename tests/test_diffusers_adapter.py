@@ -94,3 +94,24 @@ def test_bad_calls_are_refused_clearly():
     bcm = dual_unet(bcm=True)
     with pytest.raises(ValueError, match="one latent per pair"):
         bcm(x, T, ctx, background=bg[:1])
+
+
+def _grads(dual, checkpointing):
+    dual.unet.train()
+    if checkpointing:
+        dual.unet.enable_gradient_checkpointing()
+    else:
+        dual.unet.disable_gradient_checkpointing()
+    dual.dual_layers.zero_grad()
+    x, ctx, bg = pair_inputs(2)
+    out = dual(x, torch.tensor([100, 100, 800, 800]), ctx, background=bg).sample
+    out.square().mean().backward()
+    return {n: p.grad.clone() for n, p in dual.dual_layers.named_parameters()}
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_with_bcm():
+    dual = dual_unet(bcm=True)
+    plain, ckpt = _grads(dual, False), _grads(dual, True)
+    assert all(g.abs().sum() > 0 for n, g in plain.items() if ".bcm." in n), "BCM must receive gradients"
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)

@@ -54,3 +54,66 @@ def tiny_text_encoder(seed: int = 0):
     model = CLIPTextModel(CLIPTextConfig(**TINY_CLIP_CONFIG))
     _randomise(model, seed)
     return model.eval()
+
+
+TINY_VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(8, 8, 8, 8),  # four blocks keep the latent scale factor at 8
+    latent_channels=4,
+    layers_per_block=1,
+    norm_num_groups=4,
+    sample_size=64,
+)
+
+
+def tiny_vae(seed: int = 2):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(**TINY_VAE_CONFIG)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in vae.parameters():  # small random weights keep the decoder's output in range
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return vae.eval()
+
+
+def byte_level_chars() -> list:
+    """The byte-level BPE alphabet: printable bytes stand for themselves, the other bytes are shifted
+    past 255 so that every byte is one visible character."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    shifted = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(shifted)) for b in range(256)]
+
+
+def write_tiny_tokenizer(folder) -> None:
+    """A 514-token byte-level CLIP vocabulary: every byte, every byte with </w>, start and end."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = byte_level_chars()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": i + 256 for i, c in enumerate(chars)})
+    vocab.update({"<|startoftext|>": 512, "<|endoftext|>": 513})
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+
+
+def save_tiny_pipeline(folder) -> None:
+    """A diffusers-layout SD-1-shaped model folder with tiny random weights."""
+    import shutil
+    from pathlib import Path
+
+    folder = Path(folder)
+    tiny_unet().save_pretrained(folder / "unet")
+    tiny_vae().save_pretrained(folder / "vae")
+    tiny_text_encoder().save_pretrained(folder / "text_encoder")
+    write_tiny_tokenizer(folder / "tokenizer")
+    bundled = Path(__file__).resolve().parents[1] / "dualanodiff_core" / "configs" / "sd15"
+    (folder / "scheduler").mkdir(exist_ok=True)
+    shutil.copy(bundled / "scheduler" / "scheduler_config.json", folder / "scheduler")
+    shutil.copy(bundled / "model_index.json", folder)

@@ -1,0 +1,185 @@
+"""Few-shot training data: (defect image, defect mask) pairs from MVTec AD or from two folders.
+
+Targets follow the reference: global = the image in [-1, 1]; anomaly = image * binary mask, so the
+anomaly image's background is 0 in [-1, 1] space (mid-grey). Flips are shared by image, mask and
+background.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DualAnoDiffError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+SPLITS = ("floor", "reference")
+
+
+class DataError(DualAnoDiffError):
+    """Training data that cannot be used; the message lists the offending files."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: Path
+    mask: Path
+
+
+def _images(folder: Path) -> list:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def few_shot_count(total: int, split: str | int) -> int:
+    """How many images train: ``floor`` = L // 3 (disjoint from the evaluation split), ``reference`` =
+    the paper code's rounding (``n = L // 3; n += 1 if n % 3``, which overlaps evaluation), or a number."""
+    if isinstance(split, int) or str(split).isdigit():
+        return min(int(split), total)
+    if split == "floor":
+        return total // 3
+    if split == "reference":
+        n = total // 3
+        return n + 1 if n % 3 else n
+    raise DataError(f"unknown split {split!r}: use 'floor', 'reference' or a number of shots")
+
+
+def mvtec_pairs(category: Path, defect: str, split: str | int = "floor") -> list:
+    """The first few sorted ``test/<defect>`` images of an MVTec AD category with their masks."""
+    category = Path(category)
+    test_dir = category / "test"
+    if not test_dir.is_dir():
+        raise DataError(f"{category} is not an MVTec AD category folder (no 'test' subfolder)")
+    defects = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and p.name != "good")
+    if defect not in defects:
+        raise DataError(f"{category}: no defect type {defect!r}; available: {', '.join(defects) or 'none'}")
+    images = _images(test_dir / defect)
+    chosen = images[: few_shot_count(len(images), split)]
+    gt = category / "ground_truth" / defect
+    return [Pair(p, gt / f"{p.stem}_mask.png") for p in chosen]
+
+
+def folder_pairs(images: Path, masks: Path) -> list:
+    """Images matched to masks by name (``x.png`` <-> ``x.png`` or ``x_mask.png``, any image suffix)."""
+    images, masks = Path(images), Path(masks)
+    for folder in (images, masks):
+        if not folder.is_dir():
+            raise DataError(f"not a folder: {folder}")
+    by_stem = {}
+    for m in _images(masks):
+        by_stem.setdefault(m.stem.removesuffix("_mask"), m)
+    pairs, unmatched = [], []
+    for img in _images(images):
+        mask = by_stem.get(img.stem)
+        if mask is None:
+            unmatched.append(str(img))
+        else:
+            pairs.append(Pair(img, mask))
+    if unmatched:
+        raise DataError(f"no mask in {masks} for: {', '.join(unmatched)} (masks are matched by file name, "
+                        "optionally with a _mask suffix)")
+    return pairs
+
+
+def _load_rgb(path: Path, size: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(_resize_crop(im.convert("RGB"), size, Image.BICUBIC), dtype=np.float32) / 255.0
+
+
+def _load_mask(path: Path, size: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return (np.asarray(_resize_crop(im.convert("L"), size, Image.NEAREST)) > 127).astype(np.float32)
+
+
+def _resize_crop(im, size: int, resample):
+    w, h = im.size
+    scale = size / min(w, h)
+    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), resample)
+    left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def check_pairs(pairs: list) -> None:
+    """Every pair readable, mask non-empty, same size as its image; lists all offenders at once."""
+    from PIL import Image
+
+    if not pairs:
+        raise DataError("no training pairs found: give at least one defect image with its mask")
+    problems = []
+    for pair in pairs:
+        try:
+            with Image.open(pair.image) as im:
+                im.verify()
+            with Image.open(pair.image) as im:
+                image_size = im.size
+        except FileNotFoundError:
+            problems.append(f"{pair.image}: missing")
+            continue
+        except Exception as exc:
+            problems.append(f"{pair.image}: unreadable ({exc})")
+            continue
+        try:
+            with Image.open(pair.mask) as m:
+                mask = np.asarray(m.convert("L"))
+        except FileNotFoundError:
+            problems.append(f"{pair.mask}: mask missing")
+            continue
+        except Exception as exc:
+            problems.append(f"{pair.mask}: unreadable ({exc})")
+            continue
+        if mask.shape[::-1] != image_size:
+            problems.append(f"{pair.mask}: size {mask.shape[1]}x{mask.shape[0]} differs from image {image_size[0]}x{image_size[1]}")
+        elif not (mask > 127).any():
+            problems.append(f"{pair.mask}: empty mask (no defect pixels)")
+    if problems:
+        raise DataError("unusable training data:\n  " + "\n  ".join(problems))
+
+
+class PairTensors:
+    """All training pairs in memory at one resolution: images in [-1, 1], masks in {0, 1},
+    optional backgrounds (object removed) in [-1, 1]. Few-shot data is small."""
+
+    def __init__(self, pairs: list, resolution: int, object_masks: list | None = None):
+        check_pairs(pairs)
+        self.pairs = pairs
+        self.images = torch.from_numpy(np.stack([_load_rgb(p.image, resolution) for p in pairs])).permute(0, 3, 1, 2) * 2 - 1
+        self.masks = torch.from_numpy(np.stack([_load_mask(p.mask, resolution) for p in pairs])).unsqueeze(1)
+        self.backgrounds = None
+        if object_masks is not None:
+            obj = torch.stack([torch.as_tensor(m, dtype=torch.float32).reshape(1, resolution, resolution) for m in object_masks])
+            # the object becomes black (-1 in [-1, 1]); the hole carries the object's shape
+            self.backgrounds = self.images * (1 - obj) - obj
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def batch(self, indices: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor) -> dict:
+        """Images, anomaly targets and backgrounds of ``indices`` with per-sample shared flips."""
+        images, masks = self.images[indices].clone(), self.masks[indices].clone()
+        backgrounds = None if self.backgrounds is None else self.backgrounds[indices].clone()
+        for tensors in (images, masks, backgrounds):
+            if tensors is None:
+                continue
+            tensors[hflip] = tensors[hflip].flip(-1)
+            tensors[vflip] = tensors[vflip].flip(-2)
+        return {"image": images, "mask": masks, "anomaly": images * masks, "background": backgrounds}
+
+
+def load_object_masks(pairs: list, folder: Path, resolution: int) -> list:
+    """Object masks for BCM backgrounds, matched to the training images by name."""
+    masks, missing = [], []
+    for pair in pairs:
+        candidates = [Path(folder) / f"{pair.image.stem}{s}" for s in (".png", "_mask.png")]
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            missing.append(str(candidates[0]))
+        else:
+            masks.append(_load_mask(path, resolution))
+    if missing:
+        raise DataError(f"no object mask for: {', '.join(missing)}")
+    return masks

@@ -1,0 +1,216 @@
+"""``dualanodiff generate``: N image/mask pairs from a base model and a DualAnoDiff checkpoint.
+
+Writes ``OUT/<object>/<defect>/{image,fg,mask}/<i>.png`` (and optionally MVTec-style
+``OUT/<object>/test/<defect>/<i>.png`` + ``OUT/<object>/ground_truth/<defect>/<i>_mask.png``) and a
+``manifest.jsonl`` line per sample (seed and parameters). Sample ``i`` uses seed ``seed + i``, so a
+run can stop and resume anywhere, and be spread over several processes, with the same results.
+A sample counts as done once its manifest line exists; nothing done is ever overwritten.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from .errors import DualAnoDiffError
+from .sampling import SCHEDULERS
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def safe_name(value: str, what: str) -> str:
+    """Object/defect names become folder names: no separators, no '..', no surprises."""
+    if not NAME.match(value or "") or ".." in value:
+        raise DualAnoDiffError(f"{what} {value!r} is not a safe folder name (letters, digits, '_', '-', '.'; "
+                               "starting with a letter or digit)")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base-model", type=Path, required=True, help="SD 1.5 diffusers folder or single-file checkpoint")
+    p.add_argument("--checkpoint", type=Path, required=True, help="DualAnoDiff checkpoint (.safetensors), or a "
+                   "reference pytorch_lora_weights.* file (converted on the fly)")
+    p.add_argument("--output-dir", type=Path, required=True, help="dataset root; samples go to OUT/<object>/<defect>/")
+    p.add_argument("--object", required=True, help="object category name, e.g. bottle (a folder name)")
+    p.add_argument("--defect", required=True, help="defect type name, e.g. broken_large (a folder name)")
+    p.add_argument("-n", "--num-pairs", type=int, default=500, help="total pairs in the dataset (default: 500, as the reference)")
+    p.add_argument("--batch-size", type=int, default=4, help="pairs per UNet call (default: 4)")
+    p.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="pndm",
+                   help="sampler: pndm (the reference's), ddim, dpmpp-2m, euler, euler-a, ddpm (default: pndm)")
+    p.add_argument("--steps", type=int, default=100, help="denoising steps (default: 100, as the reference; 50 with BCM)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: 2.5, or 2.0 with BCM)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed SEED + i (default: 0)")
+    p.add_argument("--resolution", type=int, default=512, help="image size in pixels (default: 512)")
+    p.add_argument("--backgrounds", type=Path, help="folder of good (defect-free) images for BCM backgrounds; "
+                   "needs a BCM checkpoint and --u2net or --object-masks")
+    p.add_argument("--u2net", type=Path, help="u2net.pth/u2netp.pth to cut the object out of the backgrounds")
+    p.add_argument("--object-masks", type=Path, help="object masks for --backgrounds, named like the images")
+    p.add_argument("--mask-method", choices=("threshold", "u2net", "sam"), default="threshold",
+                   help="how masks are cut out of the anomaly image: threshold (distance from mid-grey, no weights), "
+                   "u2net (needs --u2net), sam (needs --sam) (default: threshold)")
+    p.add_argument("--mask-threshold", type=float, default=None, help="binarisation threshold (default: 0.1 for "
+                   "threshold, 0.5 for u2net)")
+    p.add_argument("--sam", type=Path, help="segment-anything checkpoint (sam_vit_b/l/h) for --mask-method sam")
+    p.add_argument("--mvtec-layout", action="store_true", help="also write MVTec-style test/<defect>/ and ground_truth/<defect>/")
+    p.add_argument("--tokenizer", type=Path, help="folder with CLIP vocab.json + merges.txt (see dualanodiff train)")
+    p.add_argument("--comfyui", type=Path, help="a ComfyUI install to take the tokenizer from")
+    p.add_argument("--model-config", type=Path, help="diffusers config folder for single-file checkpoints")
+    p.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                   help="compute precision (default: auto = fp16 on CUDA, fp32 elsewhere)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
+
+
+def read_manifest(root: Path) -> dict:
+    done = {}
+    for part in sorted(root.glob("manifest*.jsonl")):
+        for line in part.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                done[entry["index"]] = entry
+    return done
+
+
+def sample_paths(out: Path, obj: str, defect: str, i: int, mvtec: bool) -> dict:
+    root = out / obj / defect
+    paths = {"image": root / "image" / f"{i}.png", "fg": root / "fg" / f"{i}.png", "mask": root / "mask" / f"{i}.png"}
+    if mvtec:
+        paths["mvtec_image"] = out / obj / "test" / defect / f"{i:03d}.png"
+        paths["mvtec_mask"] = out / obj / "ground_truth" / defect / f"{i:03d}_mask.png"
+    return paths
+
+
+def _device_dtype(args, accelerator):
+    device = accelerator.device
+    if args.dtype == "auto":
+        return device, torch.float16 if device.type == "cuda" else torch.float32
+    return device, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+
+
+def _background_latents(args, vae, size: int) -> torch.Tensor:
+    """Clean unscaled latents of the good images with the object cut out (reference BCM inference)."""
+    from .data import _images, _load_rgb, load_object_masks, Pair
+    from .sampling import vae_encode
+
+    files = _images(args.backgrounds)
+    if not files:
+        raise DualAnoDiffError(f"no images in --backgrounds {args.backgrounds}")
+    images = torch.stack([torch.from_numpy(_load_rgb(f, size)).permute(2, 0, 1) for f in files])
+    if args.object_masks:
+        obj = torch.stack([torch.from_numpy(m) for m in load_object_masks([Pair(f, f) for f in files], args.object_masks, size)]).unsqueeze(1)
+    elif args.u2net:
+        from .u2net import load_u2net, saliency
+
+        obj = saliency(load_u2net(args.u2net), images)
+    else:
+        raise DualAnoDiffError("--backgrounds needs --u2net FILE or --object-masks DIR to cut the object out")
+    background = images * (1 - obj)  # object black, soft edge
+    with torch.no_grad():
+        return vae_encode(vae, background * 2 - 1, scaled=False).float().cpu()
+
+
+def generate(args) -> Path:
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from tqdm.auto import tqdm
+
+    from .base_model import load_base_model, place
+    from .checkpoint import load_checkpoint
+    from .diffusers_adapter import load_dual_unet
+    from .image_io import save_png
+    from .masks import extract_masks
+    from .reference_import import convert_reference, looks_like_reference
+    from .sampling import encode_prompts, make_scheduler, sample_pairs, vae_decode, vae_encode
+
+    obj, defect = safe_name(args.object, "--object"), safe_name(args.defect, "--defect")
+    if args.num_pairs < 1 or args.batch_size < 1 or args.steps < 1:
+        raise DualAnoDiffError("--num-pairs, --batch-size and --steps must be at least 1")
+    if args.resolution % 8:
+        raise DualAnoDiffError(f"--resolution {args.resolution} is not a multiple of 8")
+    ckpt = convert_reference(args.checkpoint) if looks_like_reference(args.checkpoint) else load_checkpoint(args.checkpoint)
+    if args.backgrounds and not ckpt.has("bcm"):
+        raise DualAnoDiffError(f"--backgrounds given, but {args.checkpoint} has no BCM weights")
+    guidance = args.guidance if args.guidance is not None else (2.0 if args.backgrounds else 2.5)
+    acc = Accelerator(cpu=args.cpu)
+    device, dtype = _device_dtype(args, acc)
+    out = Path(args.output_dir)
+    done = read_manifest(out / obj / defect)
+    todo = [i for i in range(args.num_pairs) if i not in done][acc.process_index::acc.num_processes]
+
+    base = load_base_model(args.base_model, args.tokenizer, args.comfyui, args.model_config)
+    unet, vae, te = (place(m, device, dtype) for m in (base.unet, base.vae, base.text_encoder))
+    dual = load_dual_unet(unet, ckpt, text_encoder=te)
+    prompts = ckpt.prompts
+    with torch.no_grad():
+        emb = encode_prompts(base.tokenizer, te, [prompts["global"], prompts["anomaly"], prompts["negative"]])
+    cond, uncond = emb[:2], emb[2:].expand(2, -1, -1)
+    backgrounds = zero = None
+    noise_schedule = DDPMScheduler.from_config(base.scheduler_config)
+    if args.backgrounds:
+        backgrounds = _background_latents(args, vae, args.resolution)
+        with torch.no_grad():
+            zero = vae_encode(vae, torch.zeros(1, 3, args.resolution, args.resolution), scaled=False).float().cpu()
+    sam = u2net = None
+    if args.mask_method == "sam":
+        sam = _load_sam(args.sam)
+    if args.mask_method in ("u2net", "sam") and args.u2net:
+        from .u2net import load_u2net
+
+        u2net = load_u2net(args.u2net)
+    if args.mask_method == "u2net" and u2net is None:
+        raise DualAnoDiffError("--mask-method u2net needs --u2net FILE")
+
+    manifest = out / obj / defect / ("manifest.jsonl" if acc.num_processes == 1 else f"manifest.part{acc.process_index}.jsonl")
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    params = {"checkpoint": Path(args.checkpoint).name, "base_model": Path(args.base_model).name,
+              "scheduler": args.scheduler, "steps": args.steps, "guidance": guidance, "resolution": args.resolution,
+              "mask_method": args.mask_method, "bcm": backgrounds is not None}
+    bar = tqdm(total=len(todo), desc=f"generate {obj}/{defect}", disable=not acc.is_local_main_process)
+    latent = (args.resolution // 8, args.resolution // 8)
+    for start in range(0, len(todo), args.batch_size):
+        batch = todo[start:start + args.batch_size]
+        gens = [torch.Generator().manual_seed(args.seed + i) for i in batch]
+        bg = None if backgrounds is None else backgrounds[torch.tensor(batch) % len(backgrounds)]
+        latents = sample_pairs(dual, make_scheduler(args.scheduler, base.scheduler_config), cond, uncond, gens, latent,
+                               steps=args.steps, guidance=guidance, backgrounds=bg, zero_background=zero,
+                               noise_schedule=noise_schedule)
+        with torch.no_grad():
+            images = vae_decode(vae, latents)
+        masks = extract_masks(images[1::2], args.mask_method, u2net=u2net, sam=sam, threshold=args.mask_threshold)
+        with manifest.open("a", encoding="utf-8") as log:
+            for k, i in enumerate(batch):
+                paths = sample_paths(out, obj, defect, i, args.mvtec_layout)
+                files = {"image": images[2 * k], "fg": images[2 * k + 1], "mask": masks.binary[k],
+                         "mvtec_image": images[2 * k], "mvtec_mask": masks.binary[k]}
+                for key, path in paths.items():
+                    save_png(files[key], path, overwrite=True)  # only unfinished indices reach here
+                entry = {"index": i, "seed": args.seed + i, "mask_empty": masks.empty[k],
+                         "files": {k2: str(p.relative_to(out)) for k2, p in paths.items()}, **params}
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
+        bar.update(len(batch))
+    bar.close()
+    acc.wait_for_everyone()
+    if acc.is_main_process and acc.num_processes > 1:
+        _merge_manifests(out / obj / defect)
+    return out / obj / defect
+
+
+def _merge_manifests(root: Path) -> None:
+    entries = read_manifest(root)
+    target = root / "manifest.jsonl"
+    tmp = root / ".manifest.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(entries[i]) + "\n" for i in sorted(entries)), encoding="utf-8")
+    tmp.replace(target)
+    for part in root.glob("manifest.part*.jsonl"):
+        part.unlink()
+
+
+def _load_sam(path: Path | None):
+    if path is None:
+        raise DualAnoDiffError("--mask-method sam needs --sam FILE (sam_vit_b_01ec64.pth, sam_vit_l or sam_vit_h)")
+    from .sam_loader import load_sam
+
+    return load_sam(path)

@@ -1,0 +1,98 @@
+"""Command-line options of ``dualanodiff train`` (kept apart from the training loop, testable)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .data import SPLITS
+
+
+def _split(value: str):
+    if value in SPLITS or value.isdigit():
+        return int(value) if value.isdigit() else value
+    raise argparse.ArgumentTypeError(f"--split must be one of {', '.join(SPLITS)} or a number of shots, not {value!r}")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    data = p.add_argument_group("data (an MVTec AD category, or two folders)")
+    data.add_argument("--mvtec", type=Path, help="MVTec AD category folder, e.g. mvtec/bottle (uses test/<defect> "
+                      "and ground_truth/<defect>)")
+    data.add_argument("--defect", help="defect type inside the MVTec category, e.g. broken_large")
+    data.add_argument("--split", type=_split, default="floor", help="MVTec few-shot split: 'floor' = first L//3 "
+                      "sorted images (default, disjoint from the evaluation split), 'reference' = the paper code's "
+                      "rounding (overlaps evaluation), or a number of shots")
+    data.add_argument("--images", type=Path, help="folder of defect images (instead of --mvtec)")
+    data.add_argument("--masks", type=Path, help="folder of defect masks matched to --images by name "
+                      "(x.png or x_mask.png)")
+    base = p.add_argument_group("base model (offline)")
+    base.add_argument("--base-model", type=Path, required=True, help="SD 1.5 diffusers folder, or a single-file "
+                      "checkpoint (.safetensors/.ckpt) as ComfyUI keeps them")
+    base.add_argument("--tokenizer", type=Path, help="folder with CLIP vocab.json + merges.txt (default: the "
+                      "model folder's tokenizer/, or ComfyUI's comfy/sd1_tokenizer)")
+    base.add_argument("--comfyui", type=Path, help="a ComfyUI install to take the tokenizer from")
+    base.add_argument("--model-config", type=Path, help="diffusers-format config folder for single-file "
+                      "checkpoints (default: the bundled SD 1.5 configs)")
+    what = p.add_argument_group("what is trained")
+    what.add_argument("--rank", type=int, default=32, help="LoRA rank of both branches and the text encoder (default: 32)")
+    what.add_argument("--no-text-encoder-lora", action="store_true", help="do not train the shared text-encoder LoRA")
+    what.add_argument("--bcm", action="store_true", help="also train the background compensation module")
+    what.add_argument("--u2net", type=Path, help="u2net.pth or u2netp.pth to cut the object out for BCM backgrounds")
+    what.add_argument("--object-masks", type=Path, help="folder of object masks (named like the images) for BCM "
+                      "backgrounds, instead of --u2net")
+    what.add_argument("--prompt-global", default="a vfx with sks", help="global-branch prompt (default: %(default)r)")
+    what.add_argument("--prompt-anomaly", default="sks", help="anomaly-branch prompt (default: %(default)r)")
+    opt = p.add_argument_group("optimisation (defaults follow the reference)")
+    opt.add_argument("--steps", type=int, default=5000, help="training steps (default: 5000)")
+    opt.add_argument("--lr", type=float, default=2e-5, help="AdamW learning rate, constant (default: 2e-5)")
+    opt.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default: 0.01)")
+    opt.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (default: 1.0)")
+    opt.add_argument("--pairs-per-step", type=int, default=None, help="pairs per step and process (default: 4, or 2 with --bcm)")
+    opt.add_argument("--resolution", type=int, default=512, help="training resolution in pixels (default: 512)")
+    opt.add_argument("--no-flip", action="store_true", help="disable the shared random horizontal/vertical flips")
+    opt.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same run (default: 0)")
+    opt.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
+                     help="frozen weights and activations in fp16/bf16, trained weights in fp32 (default: no)")
+    opt.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
+    opt.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    out = p.add_argument_group("output, checkpoints, validation, logging")
+    out.add_argument("--output-dir", type=Path, required=True, help="folder for the checkpoint, configuration, "
+                     "resumable checkpoints and validation grids")
+    out.add_argument("--name", help="checkpoint file name stem (default: <category>_<defect> or the images folder name)")
+    out.add_argument("--checkpoint-every", type=int, default=500, help="write a resumable checkpoint every N steps (default: 500)")
+    out.add_argument("--checkpoints-keep", type=int, default=2, help="how many resumable checkpoints to keep (default: 2)")
+    out.add_argument("--resume", help="'latest' or a checkpoint folder under OUTPUT_DIR/checkpoints to continue from")
+    out.add_argument("--validate-every", type=int, default=500, help="write a validation grid (global | anomaly | mask) "
+                     "every N steps, 0 to disable (default: 500)")
+    out.add_argument("--validation-pairs", type=int, default=2, help="pairs in each validation grid (default: 2)")
+    out.add_argument("--validation-steps", type=int, default=25, help="DDIM steps for validation samples (default: 25)")
+    out.add_argument("--report-to", default="none", help="accelerate trackers for metrics: none, tensorboard, "
+                     "wandb, all, ... (default: none)")
+    out.add_argument("--log-every", type=int, default=10, help="log loss to the trackers every N steps (default: 10)")
+    out.add_argument("--save-dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="checkpoint precision (default: fp16)")
+
+
+def check_arguments(args, error) -> None:
+    """Cross-option rules; ``error`` is ``parser.error``."""
+    if (args.mvtec is None) == (args.images is None):
+        error("give either --mvtec CATEGORY --defect NAME, or --images DIR --masks DIR")
+    if args.mvtec is not None and not args.defect:
+        error("--mvtec needs --defect (one model per category and defect type)")
+    if args.images is not None and args.masks is None:
+        error("--images needs --masks")
+    if args.bcm and not (args.u2net or args.object_masks):
+        error("--bcm needs --u2net FILE or --object-masks DIR to cut the object out of the backgrounds")
+    if args.pairs_per_step is None:
+        args.pairs_per_step = 2 if args.bcm else 4
+    for name in ("steps", "rank", "pairs_per_step", "resolution"):
+        if getattr(args, name) < 1:
+            error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.resolution % 8:
+        error("--resolution must be a multiple of 8")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dualanodiff train")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    check_arguments(args, p.error)
+    return args

@@ -1,0 +1,225 @@
+"""``dualanodiff train``: few-shot dual-branch training (both UNet branch LoRAs, SAIM, the shared
+text-encoder LoRA through peft, and optionally BCM).
+
+Every step's randomness (which pairs, flips, timesteps, noise) comes from a generator seeded by
+(seed, step, process), so a resumed run takes exactly the steps an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
+from .base_model import place
+from .data import PairTensors, folder_pairs, load_object_masks, mvtec_pairs
+from .diffusers_adapter import DualAnoDiffUNet, attention_modules, build_layers, module_key
+from .image_io import grid, save_png
+from .sampling import encode_prompts, make_scheduler, sample_pairs, vae_decode, vae_encode
+from .text_encoder_lora import ADAPTER, add_text_encoder_lora, text_encoder_lora_tensors
+from .train_checkpoints import load_training_checkpoint, resolve_resume, save_training_checkpoint
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "no": torch.float32}
+
+
+def step_generator(seed: int, step: int, process: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + process)
+
+
+def training_pairs(args) -> list:
+    if args.mvtec is not None:
+        return mvtec_pairs(args.mvtec, args.defect, args.split)
+    return folder_pairs(args.images, args.masks)
+
+
+def default_name(args) -> str:
+    if args.name:
+        return args.name
+    if args.mvtec is not None:
+        return f"{Path(args.mvtec).resolve().name}_{args.defect}"
+    return Path(args.images).resolve().name
+
+
+def bcm_object_masks(args, pairs: list) -> list:
+    """Object masks (1 = object) at training resolution, from a folder or from U-2-Net."""
+    if args.object_masks:
+        return load_object_masks(pairs, args.object_masks, args.resolution)
+    from .data import _load_rgb
+    from .u2net import load_u2net, saliency
+
+    model = load_u2net(args.u2net)
+    images = torch.stack([torch.from_numpy(_load_rgb(p.image, args.resolution)).permute(2, 0, 1) for p in pairs])
+    with torch.no_grad():
+        return list(saliency(model, images)[:, 0])
+
+
+class DualTrainer:
+    """Holds the models and runs steps; ``run`` is the whole training."""
+
+    def __init__(self, args, accelerator, base):
+        self.args, self.acc = args, accelerator
+        self.device = accelerator.device
+        self.weight_dtype = DTYPES[args.mixed_precision]
+        pairs = training_pairs(args)
+        self.data = PairTensors(pairs, args.resolution, bcm_object_masks(args, pairs) if args.bcm else None)
+        self.tokenizer = base.tokenizer
+        self.scheduler_config = base.scheduler_config
+        from diffusers import DDPMScheduler
+
+        self.noise_schedule = DDPMScheduler.from_config(base.scheduler_config)
+        self.vae = place(base.vae, self.device, self.weight_dtype)
+        unet = place(base.unet, self.device, self.weight_dtype)
+        layers = build_layers(unet, rank=args.rank, saim=True, bcm=args.bcm).to(self.device)
+        self.paths_by_key = {module_key(p): p for p in attention_modules(unet)}
+        self.dual = DualAnoDiffUNet(unet, layers)
+        self.text_encoder = place(base.text_encoder, self.device, self.weight_dtype)
+        te_params = []
+        if not args.no_text_encoder_lora:
+            te_params = add_text_encoder_lora(self.text_encoder, args.rank)
+            for p in te_params:
+                p.data = p.data.float()
+        if args.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+            if te_params:
+                self.text_encoder.gradient_checkpointing_enable()
+        unet.train()
+        self.text_encoder.train()
+        self.trainable = {f"unet.{n}": p for n, p in layers.named_parameters()}
+        self.trainable.update({f"text_encoder.{n}": p for n, p in self.text_encoder.named_parameters() if p.requires_grad})
+        self.optimizer = torch.optim.AdamW(list(self.trainable.values()), lr=args.lr, weight_decay=args.weight_decay)
+        self.dual_p, self.te_p, self.optimizer = accelerator.prepare(self.dual, self.text_encoder, self.optimizer)
+        self.prompt_ids = base.tokenizer([args.prompt_global, args.prompt_anomaly], padding="max_length",
+                                         max_length=base.tokenizer.model_max_length, truncation=True,
+                                         return_tensors="pt").input_ids.to(self.device)
+
+    def loss(self, step: int) -> torch.Tensor:
+        args, acc = self.args, self.acc
+        g = step_generator(args.seed, step, acc.process_index)
+        n = args.pairs_per_step
+        idx = torch.randint(len(self.data), (n,), generator=g)
+        flips = torch.rand(2, n, generator=g) < 0.5
+        if args.no_flip:
+            flips[:] = False
+        batch = self.data.batch(idx, flips[0], flips[1])
+        with torch.no_grad():
+            pixels = torch.stack([batch["image"], batch["anomaly"]], dim=1).flatten(0, 1)  # interleaved pairs
+            latents = vae_encode(self.vae, pixels, scaled=True, generator=g).float()
+            noise = torch.randn(latents.shape, generator=g).to(self.device)
+            t_pairs = torch.randint(0, self.noise_schedule.config.num_train_timesteps, (n,), generator=g).to(self.device)
+            t_rows = t_pairs.repeat_interleave(2)
+            noisy = self.noise_schedule.add_noise(latents, noise, t_rows)
+            background = None
+            if args.bcm:
+                bg = vae_encode(self.vae, batch["background"], scaled=False, generator=g).float()
+                bg_noise = torch.randn(bg.shape, generator=g).to(self.device)
+                background = self.noise_schedule.add_noise(bg, bg_noise, t_pairs).to(self.weight_dtype)
+        emb = self.te_p(self.prompt_ids)[0]
+        context = torch.stack([emb[0], emb[1]]).repeat(n, 1, 1)
+        pred = self.dual_p(noisy.to(self.weight_dtype), t_rows, context, background=background).sample
+        return F.mse_loss(pred.float(), noise)
+
+    def train_step(self, step: int) -> float:
+        loss = self.loss(step)
+        self.acc.backward(loss)
+        if self.acc.sync_gradients and self.args.max_grad_norm > 0:
+            self.acc.clip_grad_norm_(list(self.trainable.values()), self.args.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach().item()
+
+    @torch.no_grad()
+    def validation_grid(self, step: int) -> Path:
+        from .masks import extract_masks
+
+        args = self.args
+        self.dual.unet.eval()
+        self.text_encoder.eval()
+        try:
+            emb = encode_prompts(self.tokenizer, self.text_encoder, [args.prompt_global, args.prompt_anomaly, ""])
+            gens = [torch.Generator().manual_seed(args.seed + i) for i in range(args.validation_pairs)]
+            backgrounds = zero = None
+            if args.bcm:
+                bg = self.data.backgrounds[:1].expand(args.validation_pairs, -1, -1, -1)
+                backgrounds = vae_encode(self.vae, bg, scaled=False).float()
+                zero = vae_encode(self.vae, torch.zeros_like(bg[:1]), scaled=False).float()  # 0 in [-1, 1], as the reference
+            with self.acc.autocast():
+                latents = sample_pairs(
+                    self.dual, make_scheduler("ddim", self.scheduler_config), emb[:2], emb[2:].expand(2, -1, -1),
+                    gens, (args.resolution // 8, args.resolution // 8), steps=args.validation_steps, guidance=2.5,
+                    backgrounds=backgrounds, zero_background=zero, noise_schedule=self.noise_schedule)
+            images = vae_decode(self.vae, latents)
+            masks = extract_masks(images[1::2]).binary
+            rows = [[images[2 * i], images[2 * i + 1], masks[i]] for i in range(args.validation_pairs)]
+            return save_png(grid(rows), Path(args.output_dir) / "validation" / f"step-{step:06d}.png", overwrite=True)
+        finally:
+            self.dual.unet.train()
+            self.text_encoder.train()
+
+    def final_checkpoint(self, name: str, provenance: dict) -> Path:
+        layers = self.acc.unwrap_model(self.dual_p).dual_layers
+        tensors = layers_to_tensors(layers, self.paths_by_key)
+        components = ["unet_lora", "saim"] + (["bcm"] if self.args.bcm else [])
+        te = text_encoder_lora_tensors(self.acc.unwrap_model(self.te_p))
+        if te:
+            components.append("text_encoder_lora")
+            for module, (down, up) in te.items():
+                tensors[f"text_encoder.{module}.down"] = down
+                tensors[f"text_encoder.{module}.up"] = up
+        prompts = {"global": self.args.prompt_global, "anomaly": self.args.prompt_anomaly, "negative": ""}
+        ckpt = DualAnoDiffCheckpoint(tensors, make_metadata(self.args.rank, components, prompts, provenance))
+        return save_checkpoint(Path(self.args.output_dir) / f"{name}.safetensors", ckpt, dtype=DTYPES[self.args.save_dtype])
+
+
+def run_config(args) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("run", "parser")}
+
+
+def train(args) -> Path:
+    """Run training as configured by ``train_args``; returns the written checkpoint."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from .base_model import load_base_model
+
+    out = Path(args.output_dir)
+    acc = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu,
+                      log_with=None if args.report_to == "none" else args.report_to, project_dir=str(out))
+    from accelerate.utils import set_seed
+
+    base = load_base_model(args.base_model, args.tokenizer, args.comfyui, args.model_config)
+    set_seed(args.seed)  # initial weights of SAIM, BCM and the LoRA down projections
+    trainer = DualTrainer(args, acc, base)
+    name = default_name(args)
+    start = 0
+    if args.resume:
+        start = load_training_checkpoint(resolve_resume(out, args.resume), trainer.trainable, trainer.optimizer)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "training_config.json").write_text(json.dumps(run_config(args), indent=1), encoding="utf-8")
+    if args.report_to != "none":
+        acc.init_trackers("dualanodiff", config={k: v for k, v in run_config(args).items() if isinstance(v, (int, float, str, bool))})
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train", disable=not acc.is_local_main_process)
+    began, loss = time.perf_counter(), math.nan
+    for step in bar:
+        loss = trainer.train_step(step)
+        done = step + 1
+        bar.set_postfix(loss=f"{loss:.4f}", s_per_step=f"{(time.perf_counter() - began) / (done - start):.2f}")
+        if args.report_to != "none" and done % args.log_every == 0:
+            acc.log({"loss": loss}, step=done)
+        if acc.is_main_process and args.checkpoint_every and done % args.checkpoint_every == 0 and done < args.steps:
+            save_training_checkpoint(out, done, trainer.trainable, trainer.optimizer, args.checkpoints_keep,
+                                     {"name": name})
+        if acc.is_main_process and args.validate_every and done % args.validate_every == 0:
+            trainer.validation_grid(done)
+    acc.wait_for_everyone()
+    path = None
+    if acc.is_main_process:
+        provenance = {"trainer": "dualanodiff train", "base_model": Path(args.base_model).name, "steps": args.steps,
+                      "pairs": [p.image.name for p in trainer.data.pairs], "seed": args.seed, "final_loss": loss}
+        path = trainer.final_checkpoint(name, provenance)
+    acc.end_training()
+    return path
