@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_dual_unet": "diffusers_adapter",
     "DualAnoDiffUNet": "diffusers_adapter",
-    "Strengths": "diffusers_adapter",
+    "Strengths": "strengths",
     "build_layers": "diffusers_adapter",
     "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",

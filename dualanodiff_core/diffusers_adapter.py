@@ -21,15 +21,8 @@ from torch import nn
 
 from .branch_math import GLOBAL
 from .layers import DualAttentionLayers
-
-
-@dataclass
-class Strengths:
-    """User-facing strengths: 0 switches a part off exactly, 1 is the trained model."""
-
-    global_lora: float = 1.0
-    anomaly_lora: float = 1.0
-    saim: float = 1.0
+from .passes import PLAIN_PASS, PassContext
+from .strengths import Strengths
 
 
 @dataclass
@@ -37,27 +30,6 @@ class _RunState:
     """Settings shared by all processors of one model (constant during a forward)."""
 
     strengths: Strengths = field(default_factory=Strengths)
-    _scale_cache: dict = field(default_factory=dict)
-
-    def lora_scale(self, like: torch.Tensor) -> torch.Tensor:
-        key = (like.device, like.dtype, self.strengths.global_lora, self.strengths.anomaly_lora)
-        scale = self._scale_cache.get(key)
-        if scale is None:
-            self._scale_cache.clear()
-            scale = torch.tensor(
-                [self.strengths.global_lora, self.strengths.anomaly_lora], device=like.device, dtype=like.dtype
-            )
-            self._scale_cache[key] = scale
-        return scale
-
-
-@dataclass
-class PassContext:
-    """What one UNet call needs beyond its inputs. It travels in ``cross_attention_kwargs`` so that
-    gradient checkpointing, which re-runs blocks during backward, sees the same context again."""
-
-    reference: bool = False
-    background_tokens: dict = field(default_factory=dict)
 
 
 def attention_modules(unet: nn.Module) -> dict[str, nn.Module]:
@@ -106,7 +78,7 @@ class DualAnoDiffAttnProcessor:
         if hidden_states.ndim != 3:
             raise ValueError(f"{self.path}: DualAnoDiff expects (batch, tokens, channels) attention input")
         layers, state = self.layers, self.state
-        pass_ctx = dualanodiff or _PLAIN_PASS
+        pass_ctx = dualanodiff or PLAIN_PASS
         h = hidden_states
         if encoder_hidden_states is None:
             context = h
@@ -121,7 +93,7 @@ class DualAnoDiffAttnProcessor:
         else:
             if self.self_attention and layers.bcm is not None and self.path in pass_ctx.background_tokens:
                 context = layers.bcm(h, pass_ctx.background_tokens[self.path])
-            scale = state.lora_scale(h)
+            scale = state.strengths.lora_scale(h)
             lora = lambda target, x: layers.lora(target).delta(x, scale)  # noqa: E731
 
         q = attn.to_q(h) + lora("q", h)
@@ -135,9 +107,6 @@ class DualAnoDiffAttnProcessor:
         if attn.residual_connection:
             out = out + hidden_states
         return out / attn.rescale_output_factor
-
-
-_PLAIN_PASS = PassContext()
 
 
 def _multi_head_attention(attn, q, k, v, attention_mask):

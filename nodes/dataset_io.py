@@ -1,0 +1,144 @@
+"""Writing generated pairs as a dataset under ComfyUI's output folder, never overwriting.
+
+Layouts, under ``<output>/<folder>/<object>/``:
+- ``pairs``: ``<defect>/image/<i>.png`` (global), ``<defect>/fg/<i>.png`` (anomaly part),
+  ``<defect>/mask/<i>.png`` (the reference's generated-data layout).
+- ``mvtec``: ``test/<defect>/<iii>.png`` and ``ground_truth/<defect>/<iii>_mask.png`` (MVTec AD).
+Numbering continues after the highest index present. Every written sample appends one JSON line
+to ``<output>/<folder>/manifest.jsonl``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import time
+
+import torch
+
+from ..dualanodiff_core.errors import DualAnoDiffError
+
+LAYOUTS = ("pairs", "mvtec", "both")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_INDEX = re.compile(r"^(\d+)(?:_mask)?\.png$")
+
+
+def check_name(kind: str, value: str) -> str:
+    value = value.strip()
+    if not _NAME.match(value) or ".." in value:
+        raise DualAnoDiffError(
+            f"{kind} name {value!r} is not allowed: use 1-64 letters, digits, '_', '-' or '.', starting with a "
+            "letter or digit (no slashes, no '..')"
+        )
+    return value
+
+
+def check_folder(output_dir: str, folder: str) -> str:
+    """``folder`` may have sub-folders, but must stay inside ComfyUI's output folder."""
+    parts = [p for p in folder.replace("\\", "/").split("/") if p not in ("", ".")]
+    for part in parts:
+        check_name("folder", part)
+    root = os.path.realpath(output_dir)
+    target = os.path.realpath(os.path.join(root, *parts))
+    if os.path.commonpath([root, target]) != root:
+        raise DualAnoDiffError(f"folder {folder!r} leads outside ComfyUI's output folder")
+    return target
+
+
+def _next_index(*folders: str) -> int:
+    highest = -1
+    for folder in folders:
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                m = _INDEX.match(name)
+                if m:
+                    highest = max(highest, int(m[1]))
+    return highest + 1
+
+
+def _png_bytes(array: torch.Tensor) -> bytes:
+    from PIL import Image
+
+    data = (array.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(data).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write_new(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "xb") as f:  # exclusive create: an existing file is never replaced
+        f.write(data)
+
+
+def _write_group(files: dict, index: int, make_paths) -> tuple[int, dict]:
+    """Write one sample's files at the first free index from ``index`` on."""
+    while True:
+        paths = make_paths(index)
+        if not any(os.path.exists(p) for p in paths.values()):
+            try:
+                for role, path in paths.items():
+                    _write_new(path, files[role])
+                return index, paths
+            except FileExistsError:  # another writer took this index meanwhile
+                pass
+        index += 1
+
+
+def _as_masks(masks: torch.Tensor, size: tuple) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    m = masks.reshape(-1, *masks.shape[-2:]).float()
+    if tuple(m.shape[-2:]) != tuple(size):
+        m = F.interpolate(m[:, None], size=size, mode="nearest")[:, 0]
+    return (m > 0.5).float()
+
+
+def save_dataset(output_dir: str, folder: str, object_name: str, defect_name: str, layout: str,
+                 images_global: torch.Tensor, masks: torch.Tensor, images_anomaly: torch.Tensor) -> list:
+    """Write every sample of the batch; returns one manifest record per sample."""
+    if layout not in LAYOUTS:
+        raise DualAnoDiffError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    obj, defect = check_name("object", object_name), check_name("defect", defect_name)
+    if layout in ("mvtec", "both") and defect.lower() == "good":
+        raise DualAnoDiffError("defect name 'good' is MVTec's name for normal images; pick the defect's name")
+    n = images_global.shape[0]
+    if images_anomaly.shape[0] != n or masks.reshape(-1, *masks.shape[-2:]).shape[0] != n:
+        raise DualAnoDiffError(
+            f"got {n} global images, {images_anomaly.shape[0]} anomaly parts and "
+            f"{masks.reshape(-1, *masks.shape[-2:]).shape[0]} masks; they must come in equal numbers"
+        )
+    root = check_folder(output_dir, folder)
+    os.makedirs(root, exist_ok=True)
+    masks = _as_masks(masks, images_global.shape[1:3])
+    pairs_dir = os.path.join(root, obj, defect)
+    test_dir = os.path.join(root, obj, "test", defect)
+    truth_dir = os.path.join(root, obj, "ground_truth", defect)
+    next_pairs = _next_index(*(os.path.join(pairs_dir, d) for d in ("image", "fg", "mask")))
+    next_mvtec = _next_index(test_dir, truth_dir)
+
+    records = []
+    for i in range(n):
+        files = {
+            "image": _png_bytes(images_global[i, ..., :3]),
+            "fg": _png_bytes(images_anomaly[i, ..., :3]),
+            "mask": _png_bytes(masks[i]),
+        }
+        record = {"object": obj, "defect": defect, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "mask_empty": not bool(masks[i].any())}
+        if layout in ("pairs", "both"):
+            index, paths = _write_group(files, next_pairs, lambda k: {
+                r: os.path.join(pairs_dir, r, f"{k}.png") for r in ("image", "fg", "mask")})
+            next_pairs = index + 1
+            record["pairs"] = {"index": index, **{r: os.path.relpath(p, root) for r, p in paths.items()}}
+        if layout in ("mvtec", "both"):
+            index, paths = _write_group(files, next_mvtec, lambda k: {
+                "image": os.path.join(test_dir, f"{k:03d}.png"), "mask": os.path.join(truth_dir, f"{k:03d}_mask.png")})
+            next_mvtec = index + 1
+            record["mvtec"] = {"index": index, **{r: os.path.relpath(p, root) for r, p in paths.items()}}
+        records.append(record)
+    with open(os.path.join(root, "manifest.jsonl"), "a", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+    return records

@@ -1,0 +1,103 @@
+"""Image nodes: BCM background, mask extraction, dataset writer."""
+from __future__ import annotations
+
+CATEGORY = "DualAnoDiff"
+
+
+class DualAnoDiffBackground:
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("BCM: turns a normal (defect-free) sample into the BACKGROUND the BCM variant conditions on: the "
+                   "object blacked out (from a MASK, or U-2-Net saliency), VAE-encoded without latent scaling.")
+    RETURN_TYPES = ("BACKGROUND", "IMAGE")
+    RETURN_NAMES = ("background", "preview")
+    OUTPUT_TOOLTIPS = ("For the Paired KSampler's background input (or Apply Background).", "The background pixels.")
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE", {"tooltip": "A normal sample of the object at the generation size (1 image, or one per pair)."}),
+                "vae": ("VAE", {"tooltip": "The VAE of the SD 1.5 checkpoint."}),
+            },
+            "optional": {
+                "mask": ("MASK", {"tooltip": "Object mask (1 = object). Without it U-2-Net finds the object."}),
+                "u2net": ("U2NET_MODEL", {"tooltip": "U-2-Net from DualAnoDiff U-2-Net Loader; used when no mask is given."}),
+            },
+        }
+
+    def make(self, image, vae, mask=None, u2net=None):
+        from .background import encode_background
+
+        background, pixels = encode_background(vae, image, mask, u2net)
+        return (background, pixels)
+
+
+class DualAnoDiffExtractMask:
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Anomaly mask from a generated anomaly-part image (the defect on mid-grey)."
+    RETURN_TYPES = ("MASK", "MASK", "IMAGE")
+    RETURN_NAMES = ("mask", "soft_mask", "preview")
+    OUTPUT_TOOLTIPS = ("Binary mask (0/1), grown by 'grow'.", "Graded mask, softened by 'blur'.",
+                       "The image with the mask tinted red.")
+    FUNCTION = "extract"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "anomaly_image": ("IMAGE", {"tooltip": "Decoded anomaly-part images (the Paired KSampler's 'anomaly' output)."}),
+                "method": (["threshold", "u2net", "sam"], {"default": "threshold", "tooltip": "threshold: distance from mid-grey, no weights. u2net: the reference's saliency mask (needs u2net). sam: coarse mask refined by Segment Anything (needs sam)."}),
+                "threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip": "0 = the method's default (0.1 grey distance for threshold, 0.5 saliency for u2net)."}),
+                "grow": ("INT", {"default": 0, "min": -64, "max": 64, "tooltip": "Pixels to grow (negative: shrink) the mask."}),
+                "blur": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 64.0, "step": 0.5, "tooltip": "Blur radius in pixels of the soft mask (the binary mask is never blurred)."}),
+            },
+            "optional": {
+                "u2net": ("U2NET_MODEL", {"tooltip": "For method u2net (and as sam's coarse mask)."}),
+                "sam": ("SAM_MODEL", {"tooltip": "For method sam, from DualAnoDiff SAM Loader."}),
+            },
+        }
+
+    def extract(self, anomaly_image, method, threshold, grow, blur, u2net=None, sam=None):
+        from .mask_extraction import extract
+
+        return extract(anomaly_image, method, threshold, grow, blur, u2net, sam)
+
+
+class DualAnoDiffSaveDataset:
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Saves generated pairs as a dataset under ComfyUI's output folder: the pairs layout "
+                   "<object>/<defect>/{image,fg,mask}/<i>.png and/or MVTec test/ + ground_truth/, never overwriting, "
+                   "with a manifest.jsonl.")
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "The global (whole) images."}),
+            "masks": ("MASK", {"tooltip": "Their anomaly masks (binary), e.g. from Extract Mask."}),
+            "anomaly_images": ("IMAGE", {"tooltip": "The anomaly-part images."}),
+            "object_name": ("STRING", {"default": "object", "tooltip": "Object category, e.g. bottle (letters, digits, _ - .)."}),
+            "defect_name": ("STRING", {"default": "defect", "tooltip": "Defect type, e.g. broken_large (letters, digits, _ - .)."}),
+            "layout": (["pairs", "mvtec", "both"], {"default": "both", "tooltip": "pairs: <defect>/image|fg|mask/<i>.png; mvtec: test/<defect>/<i>.png + ground_truth/<defect>/<i>_mask.png; both."}),
+            "folder": ("STRING", {"default": "dualanodiff", "tooltip": "Sub-folder of ComfyUI's output folder that holds the dataset."}),
+        }}
+
+    def save(self, images, masks, anomaly_images, object_name, defect_name, layout, folder):
+        import os
+
+        import folder_paths
+
+        from .dataset_io import save_dataset
+
+        output_dir = folder_paths.get_output_directory()
+        records = save_dataset(output_dir, folder, object_name, defect_name, layout, images, masks, anomaly_images)
+        root = os.path.relpath(os.path.join(output_dir, folder), output_dir)
+        previews = []
+        for r in records:
+            rel = (r.get("pairs") or r["mvtec"])["image"]
+            sub, name = os.path.split(os.path.join(root, rel))
+            previews.append({"filename": name, "subfolder": sub, "type": "output"})
+        return {"ui": {"images": previews, "text": [f"{len(records)} samples saved to {os.path.join(output_dir, folder)}"]}}

@@ -1,0 +1,206 @@
+"""Write the example workflows: ComfyUI UI format (version 0.4) in example_workflows/, their API-format
+twins in tests/comfyui/workflow_api/ (the tests check that both agree with the installed node
+definitions), and simple same-name .jpg thumbnails drawn with PIL (placeholders until real
+screenshots replace them).
+
+    .venv/bin/python scripts/make_example_workflows.py
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+UI_DIR = REPO / "example_workflows"
+API_DIR = REPO / "tests" / "comfyui" / "workflow_api"
+
+# Per node type: link inputs, widget names in the order ComfyUI's frontend stores them (a "+" entry is
+# a UI-only value: the seed's control_after_generate, LoadImage's upload button), outputs.
+NODE_SPECS = {
+    "CheckpointLoaderSimple": ([], ["ckpt_name"], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+    "LoraLoader": ([("model", "MODEL"), ("clip", "CLIP")], ["lora_name", "strength_model", "strength_clip"],
+                   [("MODEL", "MODEL"), ("CLIP", "CLIP")]),
+    "CLIPTextEncode": ([("clip", "CLIP")], ["text"], [("CONDITIONING", "CONDITIONING")]),
+    "EmptyLatentImage": ([], ["width", "height", "batch_size"], [("LATENT", "LATENT")]),
+    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [], [("IMAGE", "IMAGE")]),
+    "PreviewImage": ([("images", "IMAGE")], [], []),
+    "LoadImage": ([], ["image", "+upload"], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "ControlNetLoader": ([], ["control_net_name"], [("CONTROL_NET", "CONTROL_NET")]),
+    "ControlNetApply": ([("conditioning", "CONDITIONING"), ("control_net", "CONTROL_NET"), ("image", "IMAGE")],
+                        ["strength"], [("CONDITIONING", "CONDITIONING")]),
+    "DualAnoDiffLoader": ([("model", "MODEL"), ("clip", "CLIP")],
+                          ["checkpoint", "strength_global", "strength_anomaly", "strength_saim", "strength_clip"],
+                          [("MODEL", "MODEL"), ("CLIP", "CLIP")]),
+    "DualAnoDiffPairedKSampler": (
+        [("model", "MODEL"), ("positive_global", "CONDITIONING"), ("positive_anomaly", "CONDITIONING"),
+         ("negative", "CONDITIONING"), ("latent_image", "LATENT"), ("background", "BACKGROUND")],
+        ["seed", "+control_after_generate", "steps", "cfg", "sampler_name", "scheduler", "denoise"],
+        [("global", "LATENT"), ("anomaly", "LATENT")]),
+    "DualAnoDiffU2NetLoader": ([], ["model_name"], [("U2NET_MODEL", "U2NET_MODEL")]),
+    "DualAnoDiffBackground": ([("image", "IMAGE"), ("vae", "VAE"), ("mask", "MASK"), ("u2net", "U2NET_MODEL")], [],
+                              [("background", "BACKGROUND"), ("preview", "IMAGE")]),
+    "DualAnoDiffExtractMask": ([("anomaly_image", "IMAGE"), ("u2net", "U2NET_MODEL"), ("sam", "SAM_MODEL")],
+                               ["method", "threshold", "grow", "blur"],
+                               [("mask", "MASK"), ("soft_mask", "MASK"), ("preview", "IMAGE")]),
+    "DualAnoDiffSaveDataset": ([("images", "IMAGE"), ("masks", "MASK"), ("anomaly_images", "IMAGE")],
+                               ["object_name", "defect_name", "layout", "folder"], []),
+}
+UI_ONLY_VALUES = {"+control_after_generate": "randomize", "+upload": "image"}
+
+SD15 = "v1-5-pruned-emaonly.safetensors"
+CHECKPOINT = "bottle_broken_large.safetensors"
+CHECKPOINT_BCM = "bottle_broken_large_bcm.safetensors"
+
+
+def _sampler(model, pos_g, pos_a, neg, latent, cfg=2.5, background=None):
+    inputs = {"model": model, "positive_global": pos_g, "positive_anomaly": pos_a, "negative": neg,
+              "latent_image": latent, "seed": 42, "steps": 50, "cfg": cfg, "sampler_name": "euler",
+              "scheduler": "normal", "denoise": 1.0}
+    if background:
+        inputs["background"] = background
+    return ("DualAnoDiffPairedKSampler", inputs)
+
+
+def _common(checkpoint, model_src, clip_src, cfg=2.5, background=None) -> dict:
+    """Loader, prompts, paired sampling, decoding, masks and the dataset writer."""
+    return {
+        10: ("DualAnoDiffLoader", {"model": model_src, "clip": clip_src, "checkpoint": checkpoint,
+                                   "strength_global": 1.0, "strength_anomaly": 1.0, "strength_saim": 1.0,
+                                   "strength_clip": 1.0}),
+        11: ("CLIPTextEncode", {"clip": (10, 1), "text": "a vfx with sks"}),
+        12: ("CLIPTextEncode", {"clip": (10, 1), "text": "sks"}),
+        13: ("CLIPTextEncode", {"clip": (10, 1), "text": ""}),
+        14: ("EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 4}),
+        20: _sampler((10, 0), (11, 0), (12, 0), (13, 0), (14, 0), cfg=cfg, background=background),
+        21: ("VAEDecode", {"samples": (20, 0), "vae": (1, 2)}),
+        22: ("VAEDecode", {"samples": (20, 1), "vae": (1, 2)}),
+        23: ("DualAnoDiffExtractMask", {"anomaly_image": (22, 0), "method": "threshold", "threshold": 0.0,
+                                        "grow": 0, "blur": 0.0}),
+        24: ("PreviewImage", {"images": (23, 2)}),
+        25: ("DualAnoDiffSaveDataset", {"images": (21, 0), "masks": (23, 0), "anomaly_images": (22, 0),
+                                        "object_name": "bottle", "defect_name": "broken_large", "layout": "both",
+                                        "folder": "dualanodiff"}),
+    }
+
+
+def workflows() -> dict:
+    base = {1: ("CheckpointLoaderSimple", {"ckpt_name": SD15})}
+    basic = {**base, **_common(CHECKPOINT, (1, 0), (1, 1))}
+    bcm = {**base, **_common(CHECKPOINT_BCM, (1, 0), (1, 1), cfg=2.0, background=(32, 0)),
+           30: ("LoadImage", {"image": "bottle_good.png"}),
+           31: ("DualAnoDiffU2NetLoader", {"model_name": "u2net.pth"}),
+           32: ("DualAnoDiffBackground", {"image": (30, 0), "vae": (1, 2), "u2net": (31, 0)}),
+           33: ("PreviewImage", {"images": (32, 1)})}
+    mixed = {**base, **_common(CHECKPOINT, (2, 0), (2, 1)),
+             2: ("LoraLoader", {"model": (1, 0), "clip": (1, 1), "lora_name": "extra_detail.safetensors",
+                                "strength_model": 0.6, "strength_clip": 0.6}),
+             40: ("ControlNetLoader", {"control_net_name": "control_v11p_sd15_canny.pth"}),
+             41: ("LoadImage", {"image": "bottle_edges.png"}),
+             42: ("ControlNetApply", {"conditioning": (11, 0), "control_net": (40, 0), "image": (41, 0), "strength": 0.8})}
+    mixed[20] = _sampler((10, 0), (42, 0), (12, 0), (13, 0), (14, 0))
+    return {"dualanodiff_basic": basic, "dualanodiff_bcm": bcm, "dualanodiff_controlnet_lora": mixed}
+
+
+def to_api(graph: dict) -> dict:
+    return {str(i): {"class_type": cls, "inputs": {k: [str(v[0]), v[1]] if isinstance(v, tuple) else v
+                                                   for k, v in inputs.items()}}
+            for i, (cls, inputs) in sorted(graph.items())}
+
+
+def _layout(graph: dict) -> dict:
+    """Left-to-right columns by dependency depth."""
+    depth = {}
+
+    def d(i):
+        if i not in depth:
+            sources = [v[0] for v in graph[i][1].values() if isinstance(v, tuple)]
+            depth[i] = 1 + max((d(s) for s in sources), default=-1)
+        return depth[i]
+
+    rows: dict = {}
+    pos = {}
+    for i in sorted(graph):
+        col = d(i)
+        row = rows.get(col, 0)
+        rows[col] = row + 1
+        pos[i] = [40 + 360 * col, 40 + 240 * row]
+    return pos
+
+
+def to_ui(graph: dict) -> dict:
+    pos = _layout(graph)
+    links, nodes = [], []
+    out_links: dict = {}
+    for target in sorted(graph):
+        cls, inputs = graph[target]
+        link_inputs = NODE_SPECS[cls][0]
+        for slot, (name, _type) in enumerate(link_inputs):
+            src = inputs.get(name)
+            if isinstance(src, tuple):
+                link_id = len(links) + 1
+                src_type = NODE_SPECS[graph[src[0]][0]][2][src[1]][1]
+                links.append([link_id, src[0], src[1], target, slot, src_type])
+                out_links.setdefault((src[0], src[1]), []).append(link_id)
+    link_of = {(lk[3], lk[4]): lk[0] for lk in links}
+    for order, i in enumerate(sorted(graph)):
+        cls, inputs = graph[i]
+        link_inputs, widgets, outputs = NODE_SPECS[cls]
+        values = [UI_ONLY_VALUES[w] if w.startswith("+") else inputs[w] for w in widgets]
+        nodes.append({
+            "id": i, "type": cls, "pos": pos[i], "size": [320, 60 + 26 * (len(link_inputs) + len(widgets))],
+            "flags": {}, "order": order, "mode": 0,
+            "inputs": [{"name": n, "type": t, "link": link_of.get((i, s))} for s, (n, t) in enumerate(link_inputs)],
+            "outputs": [{"name": n, "type": t, "links": out_links.get((i, s), []), "slot_index": s}
+                        for s, (n, t) in enumerate(outputs)],
+            "properties": {"Node name for S&R": cls},
+            "widgets_values": values,
+        })
+    return {"last_node_id": max(graph), "last_link_id": len(links), "nodes": nodes, "links": links,
+            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+
+
+def thumbnail(ui: dict, path: Path, title: str) -> None:
+    from PIL import Image, ImageDraw
+
+    xs = [n["pos"][0] + n["size"][0] for n in ui["nodes"]]
+    ys = [n["pos"][1] + n["size"][1] for n in ui["nodes"]]
+    scale = min(640 / (max(xs) + 40), 400 / (max(ys) + 40))
+    img = Image.new("RGB", (640, 440), (32, 32, 36))
+    draw = ImageDraw.Draw(img)
+    draw.text((12, 10), title, fill=(230, 230, 230))
+    nodes = {n["id"]: n for n in ui["nodes"]}
+
+    def box(n):
+        x, y = n["pos"]
+        return (x * scale, 40 + y * scale, (x + n["size"][0]) * scale, 40 + (y + n["size"][1]) * scale)
+
+    for _, src, _, dst, _, _ in ui["links"]:
+        a, b = box(nodes[src]), box(nodes[dst])
+        draw.line([(a[2], (a[1] + a[3]) / 2), (b[0], (b[1] + b[3]) / 2)], fill=(150, 150, 90), width=2)
+    for n in ui["nodes"]:
+        colour = (70, 60, 110) if n["type"].startswith("DualAnoDiff") else (60, 64, 72)
+        draw.rectangle(box(n), fill=colour, outline=(200, 200, 200))
+        draw.text((box(n)[0] + 4, box(n)[1] + 4), n["type"].replace("DualAnoDiff", "DAD ")[:22], fill=(240, 240, 240))
+    img.save(path, "JPEG", quality=88)
+
+
+TITLES = {
+    "dualanodiff_basic": "DualAnoDiff: pairs -> masks -> dataset",
+    "dualanodiff_bcm": "DualAnoDiff BCM: background from a normal sample",
+    "dualanodiff_controlnet_lora": "DualAnoDiff with LoRA + ControlNet",
+}
+
+
+def main() -> None:
+    UI_DIR.mkdir(exist_ok=True)
+    API_DIR.mkdir(exist_ok=True)
+    for name, graph in workflows().items():
+        ui = to_ui(graph)
+        (UI_DIR / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n", encoding="utf-8")
+        (API_DIR / f"{name}.json").write_text(json.dumps(to_api(graph), indent=1) + "\n", encoding="utf-8")
+        thumbnail(ui, UI_DIR / f"{name}.jpg", TITLES[name])
+        print(f"wrote {name}")
+
+
+if __name__ == "__main__":
+    main()
