@@ -20,7 +20,7 @@ def as_pairs(x: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"DualAnoDiff needs an even batch of interleaved (global, anomaly) pairs, got {x.shape[0]} rows"
         )
-    return x.view(x.shape[0] // 2, 2, *x.shape[1:])
+    return x.reshape(x.shape[0] // 2, 2, *x.shape[1:])
 
 
 def branch_lora_delta(
@@ -31,9 +31,9 @@ def branch_lora_delta(
     x: ``(2N, T, C_in)`` interleaved; down: ``(2, r, C_in)``; up: ``(2, C_out, r)``;
     scale: ``(2,)`` strength per branch. Returns ``(2N, T, C_out)``.
     """
-    pairs = as_pairs(x)
-    hidden = torch.einsum("nbtc,brc->nbtr", pairs, down) * scale.view(1, 2, 1, 1)
-    return torch.einsum("nbtr,bor->nbto", hidden, up).reshape(x.shape[0], x.shape[1], up.shape[1])
+    # broadcasting matmul: one batched GEMM over contiguous (T, C) rows, no copy of x
+    hidden = torch.matmul(as_pairs(x), down.transpose(1, 2)) * scale.view(1, 2, 1, 1)
+    return torch.matmul(hidden, up.transpose(1, 2)).reshape(x.shape[0], x.shape[1], up.shape[1])
 
 
 def single_branch_lora_delta(
