@@ -76,6 +76,37 @@ def saim(
     return o + y if strength == 1 else o + strength * y
 
 
+def fold_saim(in_weight, in_bias, qkv_weight, qkv_bias) -> tuple:
+    """Fold SAIM's input linear into its q/k/v linears for inference:
+    ``(q_weight, q_bias, kv_weight, v_weight, v_bias)`` for :func:`saim_inference`."""
+    weight = qkv_weight @ in_weight
+    bias = qkv_weight @ in_bias + qkv_bias
+    q_w, k_w, v_w = weight.chunk(3)
+    q_b, _, v_b = bias.chunk(3)
+    return q_w, q_b, torch.cat([k_w, v_w]), v_w, v_b
+
+
+def saim_inference(o, norm_weight, norm_bias, folded: tuple, out_weight, out_bias, strength=1.0, eps=1e-6):
+    """:func:`saim` with fewer multiply-adds, for inference (same result up to rounding).
+
+    Only ``k1 - k0``, ``v0`` and ``v1 - v0`` are needed (see :func:`saim`), and both differences are
+    linear in the difference of the normed inputs, so their biases cancel: per pair that is q on two
+    rows, k/v differences on one, v0 on one (3.5 C^2 per row instead of 5 C^2 with proj_in separate).
+    """
+    if strength == 0:
+        return o
+    q_w, q_b, kv_w, v_w, v_b = folded
+    c = o.shape[-1]
+    normed = as_pairs(F.layer_norm(o, (c,), norm_weight, norm_bias, eps))
+    first = normed[:, GLOBAL]
+    q = F.linear(normed, q_w, q_b)
+    dk, dv = F.linear(normed[:, ANOMALY] - first, kv_w).chunk(2, dim=-1)
+    w_anomaly = torch.sigmoid((q * dk.unsqueeze(1)).sum(-1, keepdim=True) * (1.0 / math.sqrt(c)))
+    mixed = F.linear(first, v_w, v_b).unsqueeze(1) + w_anomaly * dv.unsqueeze(1)
+    y = F.linear(mixed, out_weight, out_bias).reshape(o.shape)
+    return o + y if strength == 1 else o + strength * y
+
+
 def bcm_fuse_kv_input(
     h: torch.Tensor,
     h_ref: torch.Tensor,

@@ -43,6 +43,11 @@ class SAIM(nn.Module):
         self.proj_out = nn.Linear(channels, channels)
 
     def forward(self, o: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return branch_math.saim_inference(
+                o, self.norm.weight, self.norm.bias, self._folded(), self.proj_out.weight, self.proj_out.bias,
+                strength=strength, eps=self.norm.eps,
+            )
         return branch_math.saim(
             o,
             self.norm.weight, self.norm.bias,
@@ -51,6 +56,15 @@ class SAIM(nn.Module):
             self.proj_out.weight, self.proj_out.bias,
             strength=strength, eps=self.norm.eps,
         )
+
+    def _folded(self) -> tuple:
+        """Folded inference weights, recomputed whenever a weight changed (optimizer step, load, .to)."""
+        params = (self.proj_in.weight, self.proj_in.bias, self.qkv.weight, self.qkv.bias)
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        if getattr(self, "_fold_key", None) != key:
+            self._fold = tuple(t.to(params[0].dtype) for t in branch_math.fold_saim(*(p.float() for p in params)))
+            self._fold_key = key
+        return self._fold
 
 
 class BCMFusion(nn.Module):

@@ -71,3 +71,27 @@ def test_odd_batch_is_refused_with_a_clear_message():
 def test_bcm_shape_mismatch_is_reported():
     with pytest.raises(ValueError, match="background tokens"):
         BCMFusion(8)(torch.randn(4, 3, 8), torch.randn(1, 3, 8))
+
+
+@pytest.mark.parametrize("n_pairs", PAIR_COUNTS)
+def test_saim_training_and_inference_paths_agree_with_the_spec(n_pairs):
+    saim = SAIM(16)
+    for p in saim.parameters():
+        p.data.normal_(0, 0.3)
+    o = torch.randn(2 * n_pairs, 5, 16)
+    expected = saim_pairs(o, saim_params_from_module(saim), 0.7)
+    with torch.no_grad():
+        fast = saim(o, 0.7)
+    torch.testing.assert_close(fast, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(saim(o, 0.7).detach(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_saim_inference_weights_follow_parameter_updates():
+    saim = SAIM(8)
+    o = torch.randn(2, 3, 8)
+    with torch.no_grad():
+        before = saim(o)
+        saim.proj_in.weight.add_(torch.randn_like(saim.proj_in.weight))  # e.g. an optimizer step
+        after = saim(o)
+    torch.testing.assert_close(after, saim_pairs(o, saim_params_from_module(saim)), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(before, after)
