@@ -122,7 +122,7 @@ def generate(args) -> Path:
     from .image_io import save_png
     from .masks import extract_masks
     from .reference_import import convert_reference, looks_like_reference
-    from .sampling import encode_prompts, make_scheduler, sample_pairs, vae_decode, vae_encode
+    from .sampling import encode_prompts, latent_scale, make_scheduler, sample_pairs, vae_decode, vae_encode
 
     obj, defect = safe_name(args.object, "--object"), safe_name(args.defect, "--defect")
     if args.num_pairs < 1 or args.batch_size < 1 or args.steps < 1:
@@ -168,7 +168,7 @@ def generate(args) -> Path:
               "scheduler": args.scheduler, "steps": args.steps, "guidance": guidance, "resolution": args.resolution,
               "mask_method": args.mask_method, "bcm": backgrounds is not None}
     bar = tqdm(total=len(todo), desc=f"generate {obj}/{defect}", disable=not acc.is_local_main_process)
-    latent = (args.resolution // 8, args.resolution // 8)
+    latent = (args.resolution // latent_scale(vae),) * 2
     for start in range(0, len(todo), args.batch_size):
         batch = todo[start:start + args.batch_size]
         gens = [torch.Generator().manual_seed(args.seed + i) for i in batch]

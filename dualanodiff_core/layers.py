@@ -60,11 +60,20 @@ class SAIM(nn.Module):
     def _folded(self) -> tuple:
         """Folded inference weights, recomputed whenever a weight changed (optimizer step, load, .to)."""
         params = (self.proj_in.weight, self.proj_in.bias, self.qkv.weight, self.qkv.bias)
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        key = tuple((p.data_ptr(), _version(p), p.dtype, p.device) for p in params)
         if getattr(self, "_fold_key", None) != key:
             self._fold = tuple(t.to(params[0].dtype) for t in branch_math.fold_saim(*(p.float() for p in params)))
             self._fold_key = key
         return self._fold
+
+
+def _version(t: torch.Tensor) -> int:
+    """In-place update counter; inference-mode tensors (ComfyUI samples under inference_mode) have
+    none, and outside inference mode they cannot be updated in place anyway."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
 
 
 class BCMFusion(nn.Module):

@@ -45,6 +45,11 @@ def vae_encode(vae, images: torch.Tensor, scaled: bool = True, generator=None) -
     return latents * vae.config.scaling_factor if scaled else latents
 
 
+def latent_scale(vae) -> int:
+    """Pixels per latent cell: 8 for SD's VAE, less for VAEs with fewer blocks (the demo's has 4)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents -> images in [0, 1], (B, 3, H, W), fp32 on the CPU."""
     param = next(vae.parameters())

@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     what = p.add_argument_group("what is trained")
     what.add_argument("--rank", type=int, default=32, help="LoRA rank of both branches and the text encoder (default: 32)")
     what.add_argument("--no-text-encoder-lora", action="store_true", help="do not train the shared text-encoder LoRA")
+    what.add_argument("--no-saim", action="store_true", help="ablation: train without SAIM, the two branches only "
+                      "share timestep and prompts (the demo's comparison; not the method)")
     what.add_argument("--bcm", action="store_true", help="also train the background compensation module")
     what.add_argument("--u2net", type=Path, help="u2net.pth or u2netp.pth to cut the object out for BCM backgrounds")
     what.add_argument("--object-masks", type=Path, help="folder of object masks (named like the images) for BCM "

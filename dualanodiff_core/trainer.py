@@ -19,8 +19,8 @@ from .base_model import place
 from .data import PairTensors, folder_pairs, load_object_masks, mvtec_pairs
 from .diffusers_adapter import DualAnoDiffUNet, attention_modules, build_layers, module_key
 from .image_io import grid, save_png
-from .sampling import encode_prompts, make_scheduler, sample_pairs, vae_decode, vae_encode
-from .text_encoder_lora import ADAPTER, add_text_encoder_lora, text_encoder_lora_tensors
+from .sampling import encode_prompts, latent_scale, make_scheduler, sample_pairs, vae_decode, vae_encode
+from .text_encoder_lora import add_text_encoder_lora, text_encoder_lora_tensors
 from .train_checkpoints import load_training_checkpoint, resolve_resume, save_training_checkpoint
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "no": torch.float32}
@@ -73,7 +73,7 @@ class DualTrainer:
         self.noise_schedule = DDPMScheduler.from_config(base.scheduler_config)
         self.vae = place(base.vae, self.device, self.weight_dtype)
         unet = place(base.unet, self.device, self.weight_dtype)
-        layers = build_layers(unet, rank=args.rank, saim=True, bcm=args.bcm).to(self.device)
+        layers = build_layers(unet, rank=args.rank, saim=not args.no_saim, bcm=args.bcm).to(self.device)
         self.paths_by_key = {module_key(p): p for p in attention_modules(unet)}
         self.dual = DualAnoDiffUNet(unet, layers)
         self.text_encoder = place(base.text_encoder, self.device, self.weight_dtype)
@@ -149,7 +149,7 @@ class DualTrainer:
             with self.acc.autocast():
                 latents = sample_pairs(
                     self.dual, make_scheduler("ddim", self.scheduler_config), emb[:2], emb[2:].expand(2, -1, -1),
-                    gens, (args.resolution // 8, args.resolution // 8), steps=args.validation_steps, guidance=2.5,
+                    gens, (args.resolution // latent_scale(self.vae),) * 2, steps=args.validation_steps, guidance=2.5,
                     backgrounds=backgrounds, zero_background=zero, noise_schedule=self.noise_schedule)
             images = vae_decode(self.vae, latents)
             masks = extract_masks(images[1::2]).binary
@@ -162,7 +162,7 @@ class DualTrainer:
     def final_checkpoint(self, name: str, provenance: dict) -> Path:
         layers = self.acc.unwrap_model(self.dual_p).dual_layers
         tensors = layers_to_tensors(layers, self.paths_by_key)
-        components = ["unet_lora", "saim"] + (["bcm"] if self.args.bcm else [])
+        components = ["unet_lora"] + ([] if getattr(self.args, "no_saim", False) else ["saim"]) + (["bcm"] if self.args.bcm else [])
         te = text_encoder_lora_tensors(self.acc.unwrap_model(self.te_p))
         if te:
             components.append("text_encoder_lora")

@@ -1,7 +1,7 @@
 """Write the example workflows: ComfyUI UI format (version 0.4) in example_workflows/, their API-format
 twins in tests/comfyui/workflow_api/ (the tests check that both agree with the installed node
-definitions), and simple same-name .jpg thumbnails drawn with PIL (placeholders until real
-screenshots replace them).
+definitions). The same-name .jpg thumbnails are real screenshots made by scripts/make_thumbnails.py
+(run it after changing a workflow); only a workflow without one gets a PIL-drawn placeholder here.
 
     .venv/bin/python scripts/make_example_workflows.py
 """
@@ -198,7 +198,8 @@ def main() -> None:
         ui = to_ui(graph)
         (UI_DIR / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n", encoding="utf-8")
         (API_DIR / f"{name}.json").write_text(json.dumps(to_api(graph), indent=1) + "\n", encoding="utf-8")
-        thumbnail(ui, UI_DIR / f"{name}.jpg", TITLES[name])
+        if not (UI_DIR / f"{name}.jpg").is_file():  # real ones come from scripts/make_thumbnails.py
+            thumbnail(ui, UI_DIR / f"{name}.jpg", TITLES[name])
         print(f"wrote {name}")
 
 

@@ -95,3 +95,12 @@ def test_saim_inference_weights_follow_parameter_updates():
         after = saim(o)
     torch.testing.assert_close(after, saim_pairs(o, saim_params_from_module(saim)), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(before, after)
+
+
+def test_saim_runs_on_inference_mode_weights():
+    """ComfyUI samples under torch.inference_mode, where layer copies are inference tensors."""
+    with torch.inference_mode():
+        saim = SAIM(8)
+        o = torch.randn(2, 3, 8)
+        got = saim(o)
+    torch.testing.assert_close(got, saim_pairs(o, saim_params_from_module(saim)), atol=1e-5, rtol=1e-5)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from dualanodiff_core.byte_tokenizer import byte_level_chars, write_byte_tokenizer  # noqa: F401
+
 TINY_UNET_CONFIG = dict(
     sample_size=8,
     in_channels=4,
@@ -80,27 +82,9 @@ def tiny_vae(seed: int = 2):
     return vae.eval()
 
 
-def byte_level_chars() -> list:
-    """The byte-level BPE alphabet: printable bytes stand for themselves, the other bytes are shifted
-    past 255 so that every byte is one visible character."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
-    shifted = iter(range(256, 512))
-    return [chr(b) if b in printable else chr(next(shifted)) for b in range(256)]
-
-
 def write_tiny_tokenizer(folder) -> None:
     """A 514-token byte-level CLIP vocabulary: every byte, every byte with </w>, start and end."""
-    import json
-    from pathlib import Path
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = byte_level_chars()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": i + 256 for i, c in enumerate(chars)})
-    vocab.update({"<|startoftext|>": 512, "<|endoftext|>": 513})
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    write_byte_tokenizer(folder)
 
 
 def save_tiny_pipeline(folder) -> None:

@@ -1,0 +1,245 @@
+"""Train the demo's tiny SD-shaped base model on normal objects of the demo world, and write it as a
+diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) that
+``load_base_model`` reads like any SD 1.5 folder.
+
+    .venv/bin/python scripts/train_tiny_base.py                     # rewrites dualanodiff_core/demo_model
+    .venv/bin/python scripts/train_tiny_base.py --out /tmp/m --preview /tmp/m.png
+
+Deterministic (seeded, CPU, fixed thread count): the same torch version gives the same weights.
+Runtime of the shipped configuration: about 25 minutes on 2 busy CPU cores (see README).
+
+- VAE: SD's AutoencoderKL with three blocks, so 64 px images give 16x16x4 latents (scale factor 4;
+  at SD's factor 8 a 2 px scratch would be a quarter of one latent cell). Trained as a general
+  autoencoder: world objects, plus random-colour strokes over them or over mid-grey (the anomaly
+  branch's canvas), so it can encode colours the base UNet never saw. Reconstruction L1 + MSE + a
+  tiny KL term; the latents' scaling factor is measured afterwards.
+- Text encoder: a small CLIP with the byte-level tokenizer, random and frozen (seeded); the base
+  prompt is fixed, and DualAnoDiff's text-encoder LoRA adapts it during few-shot training.
+- UNet: SD's UNet2DConditionModel, three levels (16, 8, 4), cross-attention on the first two and in
+  the middle, trained with SD's noise schedule on normal objects only (prompt dropped 10% of the time
+  for classifier-free guidance), with an EMA of the weights (the EMA is shipped). Weights stored fp16.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dualanodiff_core import demo_world  # noqa: E402
+from dualanodiff_core.byte_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, write_byte_tokenizer  # noqa: E402
+
+PROMPT = "a photo of an object"
+VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8, sample_size=64,
+    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(16, 32, 32),
+)
+UNET_CONFIG = dict(
+    sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64, 64),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=64, attention_head_dim=4, norm_num_groups=8,
+)
+CLIP_CONFIG = dict(
+    vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
+    max_position_embeddings=77, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID,
+)
+
+
+def warmup_cosine(opt, steps: int, warmup: int = 100):
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, steps - warmup)))
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def world_batch(rng, n: int) -> torch.Tensor:
+    """Normal world images in [-1, 1], (n, 3, 64, 64)."""
+    images = np.stack([demo_world.sample(rng).image for _ in range(n)])
+    return torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
+
+
+def with_strokes(rng, images: torch.Tensor) -> torch.Tensor:
+    """Random-colour blobs and lines over half the images, some of them on a mid-grey canvas."""
+    out = images.clone()
+    size = images.shape[-1]
+    for i in range(len(out)):
+        if rng.random() < 0.5:
+            continue
+        if rng.random() < 0.4:
+            out[i] = 0
+        for _ in range(rng.integers(1, 4)):
+            pts = rng.uniform(8, size - 8, (rng.integers(2, 5), 2))
+            mask = demo_world._thick_polyline(pts, rng.uniform(1.5, 6), size)
+            colour = torch.from_numpy(rng.uniform(0, 1, 3).astype(np.float32)) * 2 - 1
+            out[i][:, torch.from_numpy(mask)] = colour[:, None]
+    return out
+
+
+def train_vae(steps: int, batch: int, log) -> torch.nn.Module:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(1)
+    vae = AutoencoderKL(**VAE_CONFIG)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    sched = warmup_cosine(opt, steps)
+    rng = np.random.default_rng(11)
+    gen = torch.Generator().manual_seed(12)
+    began = time.perf_counter()
+    for step in range(steps):
+        x = with_strokes(rng, world_batch(rng, batch))
+        dist = vae.encode(x).latent_dist
+        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        kl = dist.kl().mean() / x[0].numel()
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"vae step {step}/{steps} loss {loss.item():.4f} ({time.perf_counter() - began:.0f}s)")
+    return vae.eval().requires_grad_(False)
+
+
+def encode_pool(vae, n: int) -> tuple:
+    """Posterior mean and std of ``n`` normal images (the UNet samples latents from them)."""
+    rng = np.random.default_rng(21)
+    means, stds = [], []
+    with torch.no_grad():
+        for start in range(0, n, 128):
+            dist = vae.encode(world_batch(rng, min(128, n - start))).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def train_unet(means, stds, scale: float, context: torch.Tensor, steps: int, batch: int, log):
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(2)
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    noise_schedule = DDPMScheduler.from_pretrained(ROOT / "dualanodiff_core" / "configs" / "sd15", subfolder="scheduler")
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=1e-2)
+    sched = warmup_cosine(opt, steps)
+    gen = torch.Generator().manual_seed(22)
+    began = time.perf_counter()
+    for step in range(steps):
+        idx = torch.randint(len(means), (batch,), generator=gen)
+        z = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
+        flips = torch.rand(2, batch, generator=gen) < 0.5
+        z[flips[0]] = z[flips[0]].flip(-1)
+        z[flips[1]] = z[flips[1]].flip(-2)
+        noise = torch.randn(z.shape, generator=gen)
+        t = torch.randint(0, noise_schedule.config.num_train_timesteps, (batch,), generator=gen)
+        cond = context[(torch.rand(batch, generator=gen) < 0.1).long()]  # row 0 = prompt, row 1 = ""
+        pred = unet(noise_schedule.add_noise(z, noise, t), t, cond).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in unet.state_dict().items():
+                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay) if v.is_floating_point() else ema[k].copy_(v)
+        if step % 200 == 0 or step == steps - 1:
+            log(f"unet step {step}/{steps} loss {loss.item():.4f} ({time.perf_counter() - began:.0f}s)")
+    unet.load_state_dict(ema)
+    return unet.eval().requires_grad_(False)
+
+
+def preview(folder: Path, path: Path, n: int = 16) -> None:
+    """Base-model samples (DDIM 25 steps, guidance 3) in the first rows, world images in the last."""
+    from dualanodiff_core.base_model import load_base_model
+    from dualanodiff_core.image_io import grid, save_png
+    from dualanodiff_core.sampling import encode_prompts, make_scheduler, vae_decode
+
+    base = load_base_model(folder)
+    emb = encode_prompts(base.tokenizer, base.text_encoder, [PROMPT, ""])
+    sched = make_scheduler("ddim", base.scheduler_config)
+    sched.set_timesteps(25)
+    latents = torch.randn((n, 4, 16, 16), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for t in sched.timesteps:
+            out = base.unet(torch.cat([latents, latents]), t, torch.cat([emb[1:].expand(n, -1, -1), emb[:1].expand(n, -1, -1)])).sample
+            uncond, cond = out.chunk(2)
+            latents = sched.step(uncond + 3.0 * (cond - uncond), t, latents).prev_sample
+        images = vae_decode(base.vae, latents)
+    real = (world_batch(np.random.default_rng(99), 8) + 1) / 2
+    rows = [list(images[i:i + 8]) for i in range(0, n, 8)] + [list(real)]
+    save_png(grid(rows), path, overwrite=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=ROOT / "dualanodiff_core" / "demo_model", help="model folder to (re)write")
+    p.add_argument("--vae-steps", type=int, default=500)
+    p.add_argument("--unet-steps", type=int, default=1200)
+    p.add_argument("--vae-batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=32, help="UNet batch")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")
+    p.add_argument("--preview", type=Path, help="also write a PNG of base-model samples over world images")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from dualanodiff_core.base_model import load_tokenizer
+
+    began = time.perf_counter()
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    out = args.out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_byte_tokenizer(tmp / "tokenizer")
+    torch.manual_seed(3)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_CONFIG)).eval().requires_grad_(False)
+    tokenizer = load_tokenizer(tmp / "tokenizer")
+    ids = tokenizer([PROMPT, ""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        context = text_encoder(ids)[0]
+
+    vae = train_vae(args.vae_steps, args.vae_batch, log)
+    means, stds = encode_pool(vae, 2048)
+    scale = float(1 / means.std())
+    vae.register_to_config(scaling_factor=round(scale, 5))
+    log(f"latent std {means.std():.4f} -> scaling_factor {scale:.5f}")
+    unet = train_unet(means, stds, scale, context, args.unet_steps, args.batch, log)
+
+    for name, model in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+        model.to(torch.float16).save_pretrained(tmp / name, safe_serialization=True)
+    bundled = ROOT / "dualanodiff_core" / "configs" / "sd15"
+    (tmp / "scheduler").mkdir()
+    shutil.copy(bundled / "scheduler" / "scheduler_config.json", tmp / "scheduler")
+    shutil.copy(bundled / "model_index.json", tmp)
+    (tmp / "README.md").write_text(
+        f"Tiny SD-shaped base model of the DualAnoDiff demo, trained on normal objects of "
+        f"dualanodiff_core/demo_world.py with prompt {PROMPT!r} by scripts/train_tiny_base.py "
+        f"(--vae-steps {args.vae_steps} --unet-steps {args.unet_steps} --vae-batch {args.vae_batch} --batch {args.batch} --threads {args.threads}).\n",
+        encoding="utf-8")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    log(json.dumps({"folder": str(out), "bytes": size, "seconds": round(time.perf_counter() - began)}))
+    if args.preview:
+        preview(out, args.preview)
+        log(f"wrote {args.preview}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
