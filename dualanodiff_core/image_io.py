@@ -1,12 +1,12 @@
 """Writing images: tensors to PNG (atomically) and side-by-side grids."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .io_utils import atomic_write
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -20,22 +20,10 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def save_png(image: torch.Tensor, path: Path, overwrite: bool = False) -> Path:
-    """Write a PNG via a temporary file and a rename; refuses to replace a file unless asked."""
+    """Write a PNG atomically; refuses to replace a file unless asked."""
     from PIL import Image
 
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: Image.fromarray(to_uint8(image)).save(tmp, format="PNG"), overwrite)
 
 
 def grid(rows: list) -> torch.Tensor:
