@@ -104,33 +104,36 @@ def _resize_crop(im, size: int, resample):
     return im.crop((left, top, left + size, top + size))
 
 
-def check_pairs(pairs: list) -> None:
-    """Every pair readable, mask non-empty, same size as its image; lists all offenders at once."""
+def _read_or_report(path: Path, what: str, read, problems: list):
+    """``read(opened PIL image)``, or None with the reason appended to ``problems``."""
     from PIL import Image
 
+    try:
+        with Image.open(path) as im:
+            return read(im)
+    except FileNotFoundError:
+        problems.append(f"{path}: {what} missing")
+    except Exception as exc:
+        problems.append(f"{path}: unreadable ({exc})")
+    return None
+
+
+def _decoded_size(im) -> tuple:
+    im.load()  # decodes the pixels, so a truncated file fails here and not mid-training
+    return im.size
+
+
+def check_pairs(pairs: list) -> None:
+    """Every pair readable, mask non-empty, same size as its image; lists all offenders at once."""
     if not pairs:
         raise DataError("no training pairs found: give at least one defect image with its mask")
     problems = []
     for pair in pairs:
-        try:
-            with Image.open(pair.image) as im:
-                im.verify()
-            with Image.open(pair.image) as im:
-                image_size = im.size
-        except FileNotFoundError:
-            problems.append(f"{pair.image}: missing")
+        image_size = _read_or_report(pair.image, "image", _decoded_size, problems)
+        if image_size is None:
             continue
-        except Exception as exc:
-            problems.append(f"{pair.image}: unreadable ({exc})")
-            continue
-        try:
-            with Image.open(pair.mask) as m:
-                mask = np.asarray(m.convert("L"))
-        except FileNotFoundError:
-            problems.append(f"{pair.mask}: mask missing")
-            continue
-        except Exception as exc:
-            problems.append(f"{pair.mask}: unreadable ({exc})")
+        mask = _read_or_report(pair.mask, "mask", lambda im: np.asarray(im.convert("L")), problems)
+        if mask is None:
             continue
         if mask.shape[::-1] != image_size:
             problems.append(f"{pair.mask}: size {mask.shape[1]}x{mask.shape[0]} differs from image {image_size[0]}x{image_size[1]}")
