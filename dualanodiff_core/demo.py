@@ -1,0 +1,196 @@
+"""``dualanodiff demo``: the whole method end to end on the demo world, with the shipped tiny base model.
+
+Few-shot training on a handful of defect pairs of :mod:`demo_world` (``dualanodiff train``'s code
+path, once with SAIM and once without as an ablation), generation of N pairs (``dualanodiff
+generate``'s code path, threshold masks), then metrics and a contact sheet.
+
+Metrics, per trained model, over the N generated pairs (global image G_i, extracted mask M_i of the
+anomaly image, D_i = :func:`demo_world.defect_pixels` of G_i, the defect the world finds by colour):
+
+- ``alignment_iou``: mean of IoU(M_i, D_i) over the pairs where M_i or D_i is non-empty; a pair with
+  a defect on one side only scores 0, pairs empty on both sides are left out (they count against
+  ``nonempty_mask_share`` instead). 0 when no pair qualifies.
+- ``nonempty_mask_share``: share of pairs whose extracted mask is non-empty.
+- ``global_defect_share``: share of pairs whose global image shows defect pixels.
+- ``diversity``: mean over all pairs i < j of non-empty masks of 1 - IoU(M_i, M_j): 0 when every
+  generated defect sits in the same place with the same shape, 1 when no two overlap at all (the
+  training masks' own value is reported as ``diversity_of_training_masks`` for scale). None with
+  fewer than two non-empty masks.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import demo_world
+
+DEMO_MODEL = Path(__file__).resolve().parent / "demo_model"
+PROMPT_GLOBAL, PROMPT_ANOMALY = "a photo of an object with sks", "sks"
+VARIANTS = ("saim", "no_saim")
+
+
+@dataclass
+class DemoConfig:
+    out: Path = Path("dualanodiff-demo")
+    base_model: Path = DEMO_MODEL
+    defect: str = "scratch"
+    shots: int = 8
+    pairs: int = 64
+    steps: int = 400          # training steps per model
+    rank: int = 8
+    lr: float = 1e-3          # the reference's 2e-5 is meant for 5000 steps on SD 1.5
+    pairs_per_step: int = 4
+    sample_steps: int = 15    # DDIM
+    guidance: float = 2.5
+    mask_threshold: float = 0.2  # the tiny model's grey canvas is noisier than SD 1.5's (generate's default 0.1)
+    batch_size: int = 32
+    seed: int = 0
+    ablation: bool = True
+    cpu: bool = False
+
+
+def write_few_shot(folder: Path, defect: str, shots: int, seed: int) -> tuple:
+    """``folder/images/<i>.png`` and ``folder/masks/<i>.png`` from the world; returns both folders."""
+    from PIL import Image
+
+    images, masks = folder / "images", folder / "masks"
+    shutil.rmtree(folder, ignore_errors=True)
+    images.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    for i, s in enumerate(demo_world.samples(shots, seed=1000 + seed, defect=defect)):
+        Image.fromarray((s.image * 255 + 0.5).astype(np.uint8)).save(images / f"{i:03d}.png")
+        Image.fromarray(s.mask.astype(np.uint8) * 255).save(masks / f"{i:03d}.png")
+    return images, masks
+
+
+def _train(cfg: DemoConfig, images: Path, masks: Path, out: Path, saim: bool) -> Path:
+    from .train_args import parse_args
+    from .trainer import train
+
+    argv = ["--images", str(images), "--masks", str(masks), "--base-model", str(cfg.base_model),
+            "--output-dir", str(out), "--name", "demo_" + ("saim" if saim else "no_saim"),
+            "--resolution", "64", "--rank", str(cfg.rank), "--lr", str(cfg.lr), "--steps", str(cfg.steps),
+            "--pairs-per-step", str(cfg.pairs_per_step), "--seed", str(cfg.seed),
+            "--prompt-global", PROMPT_GLOBAL, "--prompt-anomaly", PROMPT_ANOMALY,
+            "--checkpoint-every", "0", "--validate-every", "0", "--save-dtype", "fp32"]
+    argv += [] if saim else ["--no-saim"]
+    argv += ["--cpu"] if cfg.cpu else []
+    return train(parse_args(argv))
+
+
+def _generate(cfg: DemoConfig, checkpoint: Path, out: Path) -> Path:
+    import argparse
+
+    from .generate import add_arguments, generate
+
+    shutil.rmtree(out, ignore_errors=True)  # samples of an earlier run came from another checkpoint
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--base-model", str(cfg.base_model), "--checkpoint", str(checkpoint), "--output-dir", str(out),
+                         "--object", "world", "--defect", cfg.defect, "-n", str(cfg.pairs),
+                         "--batch-size", str(cfg.batch_size), "--scheduler", "ddim", "--steps", str(cfg.sample_steps),
+                         "--guidance", str(cfg.guidance), "--seed", str(cfg.seed), "--resolution", "64",
+                         "--mask-threshold", str(cfg.mask_threshold), "--dtype", "fp32"] + (["--cpu"] if cfg.cpu else []))
+    return generate(args)
+
+
+def read_samples(root: Path, n: int) -> dict:
+    """Global images (n, H, W, 3) in [0, 1], anomaly images, and masks (n, H, W) bool."""
+    from PIL import Image
+
+    def load(kind, i, mode):
+        with Image.open(root / kind / f"{i}.png") as im:
+            return np.asarray(im.convert(mode), np.float32) / 255
+
+    return {"image": np.stack([load("image", i, "RGB") for i in range(n)]),
+            "fg": np.stack([load("fg", i, "RGB") for i in range(n)]),
+            "mask": np.stack([load("mask", i, "L") for i in range(n)]) > 0.5}
+
+
+def diversity(masks) -> float | None:
+    masks = [m for m in masks if m.any()]
+    if len(masks) < 2:
+        return None
+    d = [1 - demo_world.iou(a, b) for i, a in enumerate(masks) for b in masks[i + 1:]]
+    return float(np.mean(d))
+
+
+def metrics(samples: dict) -> dict:
+    """The module docstring's metrics for one model's samples."""
+    masks, found = samples["mask"], demo_world.defect_pixels(samples["image"])
+    scored = [demo_world.iou(m, d) for m, d in zip(masks, found) if m.any() or d.any()]
+    return {
+        "alignment_iou": round(float(np.mean(scored)) if scored else 0.0, 4),
+        "nonempty_mask_share": round(float(np.mean([m.any() for m in masks])), 4),
+        "global_defect_share": round(float(np.mean([d.any() for d in found])), 4),
+        "diversity": None if (v := diversity(masks)) is None else round(v, 4),
+        "pairs": len(masks),
+    }
+
+
+def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The global image with the extracted mask tinted green (the world's defects are magenta)."""
+    tint = np.array([0.1, 0.95, 0.2], np.float32)
+    return np.where(mask[..., None], 0.45 * image + 0.55 * tint, image)
+
+
+def contact_sheet(results: dict, path: Path, rows: int = 8, scale: int = 2) -> Path:
+    """Per variant a block of ``rows`` pairs: global | anomaly | mask | overlay, variants side by side."""
+    from PIL import Image, ImageDraw
+
+    blocks = []
+    for name, s in results.items():
+        n = min(rows, len(s["image"]))
+        lines = [np.concatenate([s["image"][i], s["fg"][i], np.repeat(s["mask"][i][..., None], 3, -1).astype(np.float32),
+                                 _overlay(s["image"][i], s["mask"][i])], axis=1) for i in range(n)]
+        blocks.append((name, np.concatenate(lines, axis=0)))
+    gap = np.ones((blocks[0][1].shape[0], 8, 3), np.float32)
+    sheet = np.concatenate([x for _, b in blocks for x in (b, gap)][:-1], axis=1)
+    img = Image.fromarray((sheet * 255 + 0.5).astype(np.uint8))
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    header = Image.new("RGB", (img.width, 16), "white")
+    draw = ImageDraw.Draw(header)
+    tile = 64 * scale
+    x = 0
+    for name, b in blocks:
+        for j, col in enumerate(("global", "anomaly", "mask", "overlay")):
+            draw.text((x + j * tile + 4, 2), col if j else f"{col} [{name}]", fill="black")
+        x += b.shape[1] * scale + 8 * scale
+    full = Image.new("RGB", (img.width, img.height + 16), "white")
+    full.paste(header, (0, 0))
+    full.paste(img, (0, 16))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full.save(path)
+    return path
+
+
+def run(cfg: DemoConfig) -> dict:
+    """Train, generate, measure; writes everything under ``cfg.out`` and returns the metrics."""
+    import torch
+
+    began = time.perf_counter()
+    out = Path(cfg.out)
+    images, masks = write_few_shot(out / "few_shot", cfg.defect, cfg.shots, cfg.seed)
+    training = [s.mask for s in demo_world.samples(cfg.shots, seed=1000 + cfg.seed, defect=cfg.defect)]
+    results, report = {}, {}
+    for variant in VARIANTS if cfg.ablation else VARIANTS[:1]:
+        t0 = time.perf_counter()
+        ckpt = _train(cfg, images, masks, out / "checkpoints", saim=variant == "saim")
+        t1 = time.perf_counter()
+        root = _generate(cfg, ckpt, out / "samples" / variant)
+        t2 = time.perf_counter()
+        results[variant] = read_samples(root, cfg.pairs)
+        report[variant] = {**metrics(results[variant]), "checkpoint": str(ckpt),
+                           "train_seconds": round(t1 - t0, 1), "generate_seconds": round(t2 - t1, 1)}
+    sheet = contact_sheet(results, out / "contact_sheet.png")
+    device = "cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu"
+    summary = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+               "device": device, **report, "diversity_of_training_masks": diversity(training),
+               "contact_sheet": str(sheet), "seconds": round(time.perf_counter() - began, 1)}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return summary
