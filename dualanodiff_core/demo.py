@@ -55,17 +55,19 @@ class DemoConfig:
 
 
 def write_few_shot(folder: Path, defect: str, shots: int, seed: int) -> tuple:
-    """``folder/images/<i>.png`` and ``folder/masks/<i>.png`` from the world; returns both folders."""
+    """``folder/images/<i>.png`` and ``folder/masks/<i>.png`` from the world; returns both folders and
+    the masks."""
     from PIL import Image
 
     images, masks = folder / "images", folder / "masks"
     shutil.rmtree(folder, ignore_errors=True)
     images.mkdir(parents=True)
     masks.mkdir(parents=True)
-    for i, s in enumerate(demo_world.samples(shots, seed=1000 + seed, defect=defect)):
+    world = demo_world.samples(shots, seed=1000 + seed, defect=defect)
+    for i, s in enumerate(world):
         Image.fromarray((s.image * 255 + 0.5).astype(np.uint8)).save(images / f"{i:03d}.png")
         Image.fromarray(s.mask.astype(np.uint8) * 255).save(masks / f"{i:03d}.png")
-    return images, masks
+    return images, masks, [s.mask for s in world]
 
 
 def _train(cfg: DemoConfig, images: Path, masks: Path, out: Path, saim: bool) -> Path:
@@ -171,12 +173,11 @@ def contact_sheet(results: dict, path: Path, rows: int = 8, scale: int = 2) -> P
 
 def run(cfg: DemoConfig) -> dict:
     """Train, generate, measure; writes everything under ``cfg.out`` and returns the metrics."""
-    import torch
+    from accelerate import PartialState
 
     began = time.perf_counter()
     out = Path(cfg.out)
-    images, masks = write_few_shot(out / "few_shot", cfg.defect, cfg.shots, cfg.seed)
-    training = [s.mask for s in demo_world.samples(cfg.shots, seed=1000 + cfg.seed, defect=cfg.defect)]
+    images, masks, training = write_few_shot(out / "few_shot", cfg.defect, cfg.shots, cfg.seed)
     results, report = {}, {}
     for variant in VARIANTS if cfg.ablation else VARIANTS[:1]:
         t0 = time.perf_counter()
@@ -188,7 +189,7 @@ def run(cfg: DemoConfig) -> dict:
         report[variant] = {**metrics(results[variant]), "checkpoint": str(ckpt),
                            "train_seconds": round(t1 - t0, 1), "generate_seconds": round(t2 - t1, 1)}
     sheet = contact_sheet(results, out / "contact_sheet.png")
-    device = "cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu"
+    device = PartialState().device.type  # what the trainer and generator ran on
     summary = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
                "device": device, **report, "diversity_of_training_masks": diversity(training),
                "contact_sheet": str(sheet), "seconds": round(time.perf_counter() - began, 1)}
