@@ -6,7 +6,7 @@ diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, sche
     .venv/bin/python scripts/train_tiny_base.py --out /tmp/m --preview /tmp/m.png
 
 Deterministic (seeded, CPU, fixed thread count): the same torch version gives the same weights.
-Runtime of the shipped configuration: about 16 minutes on 2 idle CPU cores (VAE 1000 steps, UNet 1500).
+Runtime of the shipped configuration: about 35 minutes on 2 idle CPU cores (VAE 1000 steps, UNet 4000).
 
 - VAE: SD's AutoencoderKL with three blocks, so 64 px images give 16x16x4 latents (scale factor 4;
   at SD's factor 8 a 2 px scratch would be a quarter of one latent cell). Trained as a general
@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "dualanodiff_core" / "demo_model", help="model folder to (re)write")
     p.add_argument("--vae-steps", type=int, default=1000)
-    p.add_argument("--unet-steps", type=int, default=1500)
+    p.add_argument("--unet-steps", type=int, default=4000)
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--batch", type=int, default=32, help="UNet batch")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")
