@@ -138,6 +138,7 @@ def run_generate(args) -> int:
 
 
 def _add_demo(sub) -> None:
+    from . import demo_world
     from .demo import DemoConfig
 
     d = DemoConfig()
@@ -150,7 +151,7 @@ def _add_demo(sub) -> None:
         "Uses the GPU when there is one.",
     )
     p.add_argument("--out", type=Path, default=d.out, help="output folder (default: ./%(default)s)")
-    p.add_argument("--defect", choices=("scratch", "crack", "spot"), default=d.defect, help="defect type (default: %(default)s)")
+    p.add_argument("--defect", choices=demo_world.DEFECTS, default=d.defect, help="defect type (default: %(default)s)")
     p.add_argument("--shots", type=int, default=d.shots, help="training pairs (default: %(default)s)")
     p.add_argument("--pairs", type=int, default=d.pairs, help="pairs generated per model (default: %(default)s)")
     p.add_argument("--steps", type=int, default=d.steps, help="training steps per model (default: %(default)s)")
@@ -177,6 +178,8 @@ def run_demo(args) -> int:
     for name in ("shots", "pairs", "steps", "rank", "sample_steps"):
         if getattr(args, name) < 1:
             raise DualAnoDiffError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 < args.mask_threshold < 1:
+        raise DualAnoDiffError(f"--mask-threshold must be between 0 and 1 (exclusive), got {args.mask_threshold}")
     cfg = DemoConfig(out=args.out, base_model=args.base_model, defect=args.defect, shots=args.shots, pairs=args.pairs,
                      steps=args.steps, rank=args.rank, lr=args.lr, sample_steps=args.sample_steps,
                      guidance=args.guidance, mask_threshold=args.mask_threshold, seed=args.seed, ablation=not args.no_ablation, cpu=args.cpu)

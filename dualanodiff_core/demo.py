@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import demo_world
+from .io_utils import atomic_write
 
 DEMO_MODEL = Path(__file__).resolve().parent / "demo_model"
 PROMPT_GLOBAL, PROMPT_ANOMALY = "a photo of an object with sks", "sks"
@@ -166,9 +167,7 @@ def contact_sheet(results: dict, path: Path, rows: int = 8, scale: int = 2) -> P
     full = Image.new("RGB", (img.width, img.height + 16), "white")
     full.paste(header, (0, 0))
     full.paste(img, (0, 16))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    full.save(path)
-    return path
+    return atomic_write(path, lambda tmp: full.save(tmp, format="PNG"), overwrite=True)
 
 
 def run(cfg: DemoConfig) -> dict:
@@ -193,5 +192,6 @@ def run(cfg: DemoConfig) -> dict:
     summary = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
                "device": device, **report, "diversity_of_training_masks": diversity(training),
                "contact_sheet": str(sheet), "seconds": round(time.perf_counter() - began, 1)}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1), encoding="utf-8"),
+                 overwrite=True)
     return summary

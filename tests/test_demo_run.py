@@ -67,3 +67,12 @@ def test_metrics_score_the_worlds_own_defects_as_perfect_and_shifted_masks_lower
     shifted = metrics({"image": images, "mask": np.roll(masks, 12, axis=2)})
     assert shifted["alignment_iou"] < 0.5
     assert diversity([masks[0], masks[0]]) == 0.0 and diversity([masks[0]]) is None
+
+
+def test_bad_demo_values_stop_before_any_work(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--mask-threshold", "1.5"]) == 2
+    assert "--mask-threshold must be between 0 and 1 (exclusive), got 1.5" in capsys.readouterr().err
+    assert main(["demo", "--out", str(out), "--pairs", "0"]) == 2
+    assert "--pairs must be at least 1" in capsys.readouterr().err
+    assert not out.exists()
