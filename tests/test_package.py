@@ -34,3 +34,17 @@ def test_pyproject_declares_console_command_and_comfy_registry():
     requirements = (REPO / "requirements.txt").read_text(encoding="utf-8").lower()
     assert not any(line.split("=")[0].split(">")[0].strip() in {"torch", "torchvision", "numpy"}
                    for line in requirements.splitlines() if not line.startswith("#"))
+
+
+def test_suite_collects_in_a_checkout_whose_name_is_no_identifier(tmp_path):
+    """Users clone into custom_nodes/comfyui-dualanodiff: pytest must not import the pack's root
+    __init__.py under that name (it did, and every test errored with a relative-import failure)."""
+    checkout = tmp_path / "comfyui-dualanodiff-clone"
+    (checkout / "tests").mkdir(parents=True)
+    for name in ("__init__.py", "conftest.py", "pyproject.toml", "tests/checkout_root_plugin.py"):
+        (checkout / name).write_bytes((REPO / name).read_bytes())
+    (checkout / "tests" / "test_probe.py").write_text("def test_probe():\n    assert 1 + 1 == 2\n", encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q"], cwd=checkout,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "1 passed" in out.stdout
