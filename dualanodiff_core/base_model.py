@@ -17,6 +17,8 @@ from .errors import DualAnoDiffError
 
 BUNDLED_CONFIG = Path(__file__).parent / "configs" / "sd15"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
+TOKENIZER_JSON = "tokenizer.json"  # what current transformers' save_pretrained writes instead
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 class BaseModelError(DualAnoDiffError):
@@ -86,34 +88,84 @@ def _refuse_family(family: str, where) -> None:
         raise BaseModelError(f"{where} is {what}; DualAnoDiff needs a Stable Diffusion 1.x (SD 1.5) base model")
 
 
-def find_tokenizer(model_path: Path, tokenizer: Path | None = None, comfyui: Path | None = None) -> Path:
-    """The folder with CLIP's vocab.json/merges.txt: the flag, the model folder, a ComfyUI install
-    (``--comfyui``, ``COMFYUI_PATH``, or the ComfyUI this pack sits in), in that order."""
-    def has_files(folder: Path) -> bool:
-        return all((folder / f).is_file() for f in TOKENIZER_FILES)
+def _has_tokenizer(folder: Path) -> bool:
+    return all((folder / f).is_file() for f in TOKENIZER_FILES) or (folder / TOKENIZER_JSON).is_file()
 
+
+def find_tokenizer(model_path: Path, tokenizer: Path | None = None, comfyui: Path | None = None) -> Path:
+    """The folder with CLIP's vocab.json/merges.txt (or tokenizer.json): the flag, the model folder, a
+    ComfyUI install (``--comfyui``, ``COMFYUI_PATH``, or the ComfyUI this pack sits in), in that order."""
     if tokenizer:
-        if not has_files(Path(tokenizer)):
-            raise BaseModelError(f"--tokenizer {tokenizer} has no vocab.json and merges.txt")
+        if not _has_tokenizer(Path(tokenizer)):
+            raise BaseModelError(f"--tokenizer {tokenizer} has neither vocab.json with merges.txt nor tokenizer.json")
         return Path(tokenizer)
+    model_path = Path(model_path)
     candidates = [model_path / "tokenizer"] if model_path.is_dir() else []
     for root in (comfyui, os.environ.get("COMFYUI_PATH"), Path(__file__).resolve().parents[3]):
         if root:
             candidates.append(Path(root) / "comfy" / "sd1_tokenizer")
     for folder in candidates:
-        if has_files(folder):
+        if _has_tokenizer(folder):
             return folder
     raise BaseModelError(
-        "no CLIP tokenizer found: pass --tokenizer DIR (a folder with vocab.json and merges.txt, e.g. the "
-        "'tokenizer' folder of a diffusers SD 1.5 model) or --comfyui DIR (a ComfyUI install, which ships "
+        "no CLIP tokenizer found: pass --tokenizer DIR (a folder with vocab.json and merges.txt, or tokenizer.json, "
+        "e.g. the 'tokenizer' folder of a diffusers SD 1.5 model) or --comfyui DIR (a ComfyUI install, which ships "
         "them in comfy/sd1_tokenizer)"
     )
 
 
 def load_tokenizer(folder: Path):
-    from transformers import CLIPTokenizer
+    """CLIP's BPE tokenizer from vocab.json + merges.txt, or from a tokenizer.json alone (same ids)."""
+    from transformers import CLIPTokenizer, CLIPTokenizerFast
 
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    folder = Path(folder)
+    if all((folder / f).is_file() for f in TOKENIZER_FILES):
+        return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    return CLIPTokenizerFast(tokenizer_file=str(folder / TOKENIZER_JSON), model_max_length=77)
+
+
+def check_base_model(path, tokenizer=None, comfyui=None, config_dir=None) -> Path:
+    """Everything about a base model that can be known without loading it: the path, its kind, the
+    folder structure or file suffix, the config folder; returns the tokenizer folder."""
+    path = Path(path)
+    if not path.exists():
+        raise BaseModelError(f"base model not found: {path}")
+    if path.is_dir():
+        _check_folder(path)
+    elif path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise BaseModelError(f"{path}: expected a diffusers folder or a .safetensors/.ckpt checkpoint")
+    elif path.suffix.lower() == ".safetensors":  # the header names the family; pickles must be loaded first
+        _refuse_family(detect_family(dict.fromkeys(_safetensors_keys(path))), path)
+    if config_dir is not None and not Path(config_dir).is_dir():
+        raise BaseModelError(f"--model-config {config_dir} is not a folder")
+    return find_tokenizer(path, tokenizer, comfyui)
+
+
+def _safetensors_keys(path: Path) -> list:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise BaseModelError(f"cannot read {path} ({str(exc).splitlines()[0]}); it may be truncated or still "
+                             "downloading, get the file again") from None
+
+
+def _check_folder(path: Path) -> None:
+    for sub in ("unet", "vae", "text_encoder"):
+        if not (path / sub).is_dir():
+            raise BaseModelError(f"{path} is not a diffusers Stable Diffusion folder: no '{sub}' subfolder")
+    config = path / "unet" / "config.json"
+    if not config.is_file():
+        raise BaseModelError(f"{path} is not a diffusers Stable Diffusion folder: no unet/config.json")
+    try:
+        cross = _read_json(config).get("cross_attention_dim")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BaseModelError(f"{config} is not valid JSON ({exc}); get the model folder again") from None
+    family = "an SDXL" if (path / "text_encoder_2").is_dir() or cross == 2048 else "an SD 2.x" if cross == 1024 else None
+    if family:  # other widths are custom SD-1-shaped models (e.g. the demo's tiny one) and are fine
+        raise BaseModelError(f"{path} is {family} model; DualAnoDiff needs Stable Diffusion 1.x (text width 768)")
 
 
 def _load_text_encoder_weights(model: torch.nn.Module, state: dict, where) -> None:
@@ -155,13 +207,6 @@ def load_folder(path: Path, dtype=torch.float32):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    for sub in ("unet", "vae", "text_encoder"):
-        if not (path / sub).is_dir():
-            raise BaseModelError(f"{path} is not a diffusers Stable Diffusion folder: no '{sub}' subfolder")
-    cross = _read_json(path / "unet" / "config.json").get("cross_attention_dim")
-    family = "an SDXL" if (path / "text_encoder_2").is_dir() or cross == 2048 else "an SD 2.x" if cross == 1024 else None
-    if family:  # other widths are custom SD-1-shaped models (e.g. the demo's tiny one) and are fine
-        raise BaseModelError(f"{path} is {family} model; DualAnoDiff needs Stable Diffusion 1.x (text width 768)")
     kw = dict(local_files_only=True, torch_dtype=dtype)
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw)
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw)
@@ -178,19 +223,16 @@ def load_base_model(
 ) -> BaseModel:
     """Load an SD 1.x base model from a diffusers folder or a single file, offline."""
     path = Path(path)
-    if not path.exists():
-        raise BaseModelError(f"base model not found: {path}")
+    tokenizer_folder = check_base_model(path, tokenizer, comfyui, config_dir)
     if path.is_dir():
         unet, vae, text_encoder = load_folder(path, dtype)
         sched_file = path / "scheduler" / "scheduler_config.json"
     else:
-        if path.suffix not in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
-            raise BaseModelError(f"{path}: expected a diffusers folder or a .safetensors/.ckpt checkpoint")
         unet, vae, text_encoder = load_single_file(path, Path(config_dir or BUNDLED_CONFIG), dtype)
         sched_file = Path(config_dir or BUNDLED_CONFIG) / "scheduler" / "scheduler_config.json"
     if not sched_file.is_file():
         sched_file = BUNDLED_CONFIG / "scheduler" / "scheduler_config.json"
-    tok = load_tokenizer(find_tokenizer(path, tokenizer, comfyui))
+    tok = load_tokenizer(tokenizer_folder)
     for m in (unet, vae, text_encoder):
         m.requires_grad_(False).eval()
     return BaseModel(unet, vae, text_encoder, tok, _read_json(sched_file), str(path))

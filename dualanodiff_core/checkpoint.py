@@ -166,18 +166,41 @@ def read_safetensors(path: Path) -> tuple[dict, dict]:
 
 def load_checkpoint(path: Path) -> DualAnoDiffCheckpoint:
     """Read and validate a DualAnoDiff checkpoint; tensors come back in fp32."""
-    tensors, metadata = read_safetensors(path)
+    return _ours(Path(path), *read_safetensors(path))
+
+
+def _ours(path: Path, tensors: dict, metadata: dict) -> DualAnoDiffCheckpoint:
     if metadata.get("format") != FORMAT_NAME:
-        hint = _what_is_it(tensors)
-        raise CheckpointError(f"{path} is not a DualAnoDiff checkpoint ({hint})")
-    ckpt = DualAnoDiffCheckpoint({k: v.float() for k, v in tensors.items()}, metadata, Path(path))
+        raise CheckpointError(f"{path} is not a DualAnoDiff checkpoint ({_what_is_it(tensors)})")
+    ckpt = DualAnoDiffCheckpoint({k: v.float() for k, v in tensors.items()}, metadata, path)
     validate(ckpt)
     return ckpt
 
 
+def open_checkpoint(path: Path) -> DualAnoDiffCheckpoint:
+    """A DualAnoDiff checkpoint from our ``.safetensors`` files and the reference's
+    ``pytorch_lora_weights.{safetensors,bin}`` alike (reference files are converted in memory)."""
+    from .reference_import import convert_reference, looks_like_reference, reference_to_checkpoint
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        if path.suffix.lower() == ".bin" and path.is_file():
+            return convert_reference(path)
+        raise CheckpointError(f"{path}: expected a DualAnoDiff .safetensors checkpoint or a reference "
+                              "pytorch_lora_weights.safetensors/.bin file")
+    tensors, metadata = read_safetensors(path)
+    if metadata.get("format") != FORMAT_NAME and (looks_like_reference(path) or _is_reference(tensors)):
+        return reference_to_checkpoint(tensors, source=str(path))
+    return _ours(path, tensors, metadata)
+
+
+def _is_reference(tensors: dict) -> bool:
+    return any(".processor.to_q_lora." in k or ".processor.temporal_" in k for k in tensors)
+
+
 def _what_is_it(tensors: dict) -> str:
     keys = list(tensors)
-    if any(".processor.to_q_lora." in k or ".processor.temporal_" in k for k in keys):
+    if _is_reference(tensors):
         return "it looks like a reference-implementation file: import it with `dualanodiff convert`"
     if any(k.startswith(("lora_unet_", "lora_te_")) for k in keys):
         return "it looks like an ordinary LoRA: load it with the two-LoRA loader or ComfyUI's LoraLoader"

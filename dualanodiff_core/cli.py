@@ -10,6 +10,13 @@ from .errors import DualAnoDiffError
 DTYPES = ("fp16", "bf16", "fp32")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """Usage mistakes print one line and where to look, not the whole usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\nRun '{self.prog} --help' for the options.\n")
+
+
 def _torch_dtype(name: str):
     import torch
 
@@ -38,13 +45,14 @@ def _add_convert(sub) -> None:
 
 
 def run_convert(args) -> int:
+    from . import checks
     from .checkpoint import save_checkpoint
     from .reference_import import convert_reference
 
     prompts = {"global": args.prompt_global, "anomaly": args.prompt_anomaly, "negative": args.prompt_negative}
+    checks.input_file(args.input, "reference checkpoint", (".safetensors", ".bin"))
     output = args.output or args.input.parent / f"{args.input.resolve().parent.name}.dualanodiff.safetensors"
-    if output.exists() and not args.overwrite:
-        raise DualAnoDiffError(f"{output} already exists; choose another --output or pass --overwrite")
+    checks.output_file(output, "--output", args.overwrite)
     ckpt = convert_reference(args.input, prompts=prompts)
     save_checkpoint(output, ckpt, dtype=_torch_dtype(args.dtype))
     print(f"wrote {output} (components: {', '.join(ckpt.components)}; rank {ckpt.rank}; "
@@ -73,15 +81,14 @@ def _add_export(sub) -> None:
 
 
 def run_export(args) -> int:
-    from .checkpoint import load_checkpoint
+    from . import checks
+    from .checkpoint import open_checkpoint
     from .kohya_export import export_loras
-    from .reference_import import convert_reference, looks_like_reference
 
-    if looks_like_reference(args.checkpoint):
-        ckpt = convert_reference(args.checkpoint)
-    else:
-        ckpt = load_checkpoint(args.checkpoint)
-    name = args.name or args.checkpoint.name.split(".")[0]
+    checks.input_file(args.checkpoint, "checkpoint", (".safetensors", ".bin"))
+    name = checks.folder_name(args.name or args.checkpoint.name.split(".")[0], "--name")
+    checks.output_dir(args.output_dir or args.checkpoint.parent, "--output-dir")
+    ckpt = open_checkpoint(args.checkpoint)
     written = export_loras(ckpt, args.output_dir or args.checkpoint.parent, name, parts=args.parts,
                            dtype=_torch_dtype(args.dtype), overwrite=args.overwrite)
     for path in written:
@@ -101,14 +108,12 @@ def _add_train(sub) -> None:
         "`accelerate launch -m dualanodiff_core.cli train ...`.",
     )
     train_args.add_arguments(p)
-    p.set_defaults(run=run_train, parser=p)
+    p.set_defaults(run=run_train)
 
 
 def run_train(args) -> int:
-    from .train_args import check_arguments
     from .trainer import train
 
-    check_arguments(args, args.parser.error)
     path = train(args)
     if path is not None:
         print(f"wrote {path}")
@@ -175,11 +180,6 @@ def run_demo(args) -> int:
 
     from .demo import DemoConfig, run
 
-    for name in ("shots", "pairs", "steps", "rank", "sample_steps"):
-        if getattr(args, name) < 1:
-            raise DualAnoDiffError(f"--{name.replace('_', '-')} must be at least 1")
-    if not 0 < args.mask_threshold < 1:
-        raise DualAnoDiffError(f"--mask-threshold must be between 0 and 1 (exclusive), got {args.mask_threshold}")
     cfg = DemoConfig(out=args.out, base_model=args.base_model, defect=args.defect, shots=args.shots, pairs=args.pairs,
                      steps=args.steps, rank=args.rank, lr=args.lr, sample_steps=args.sample_steps,
                      guidance=args.guidance, mask_threshold=args.mask_threshold, seed=args.seed, ablation=not args.no_ablation, cpu=args.cpu)
@@ -190,7 +190,7 @@ def run_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="dualanodiff",
         description="DualAnoDiff: few-shot anomaly image generation with two interrelated diffusion branches.",
     )
@@ -201,12 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_convert(sub)
     _add_export(sub)
+    parser.commands = sub.choices
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the subcommand, whose --help lists what it takes
+        parser.commands.get(getattr(args, "command", None), parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "run", None):
         parser.print_help()
         return 0

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import demo_world
+from .errors import DualAnoDiffError
 from .io_utils import atomic_write
 
 DEMO_MODEL = Path(__file__).resolve().parent / "demo_model"
@@ -80,7 +81,7 @@ def _train(cfg: DemoConfig, images: Path, masks: Path, out: Path, saim: bool) ->
             "--resolution", "64", "--rank", str(cfg.rank), "--lr", str(cfg.lr), "--steps", str(cfg.steps),
             "--pairs-per-step", str(cfg.pairs_per_step), "--seed", str(cfg.seed),
             "--prompt-global", PROMPT_GLOBAL, "--prompt-anomaly", PROMPT_ANOMALY,
-            "--checkpoint-every", "0", "--validate-every", "0", "--save-dtype", "fp32"]
+            "--checkpoint-every", "0", "--validate-every", "0", "--save-dtype", "fp32", "--overwrite"]
     argv += [] if saim else ["--no-saim"]
     argv += ["--cpu"] if cfg.cpu else []
     return train(parse_args(argv))
@@ -170,10 +171,28 @@ def contact_sheet(results: dict, path: Path, rows: int = 8, scale: int = 2) -> P
     return atomic_write(path, lambda tmp: full.save(tmp, format="PNG"), overwrite=True)
 
 
+def check_config(cfg: DemoConfig) -> None:
+    """Every rule on the configuration, before anything is trained or written."""
+    from . import checks
+    from .base_model import check_base_model
+
+    for name in ("shots", "pairs", "steps", "rank", "sample_steps", "pairs_per_step", "batch_size"):
+        checks.at_least(getattr(cfg, name), 1, f"--{name.replace('_', '-')}")
+    checks.between(cfg.mask_threshold, 0, 1, "--mask-threshold")
+    checks.finite(cfg.guidance, "--guidance")
+    if not cfg.lr > 0:
+        raise DualAnoDiffError(f"--lr must be above 0, got {cfg.lr}")
+    if cfg.defect not in demo_world.DEFECTS:
+        raise DualAnoDiffError(f"--defect {cfg.defect!r}: choose one of {', '.join(demo_world.DEFECTS)}")
+    checks.output_dir(cfg.out, "--out")
+    check_base_model(cfg.base_model)
+
+
 def run(cfg: DemoConfig) -> dict:
     """Train, generate, measure; writes everything under ``cfg.out`` and returns the metrics."""
     from accelerate import PartialState
 
+    check_config(cfg)
     began = time.perf_counter()
     out = Path(cfg.out)
     images, masks, training = write_few_shot(out / "few_shot", cfg.defect, cfg.shots, cfg.seed)

@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from . import checks
 from .errors import DualAnoDiffError
 from .sampling import SCHEDULERS
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def safe_name(value: str, what: str) -> str:
-    """Object/defect names become folder names: no separators, no '..', no surprises."""
-    if not NAME.match(value or "") or ".." in value:
-        raise DualAnoDiffError(f"{what} {value!r} is not a safe folder name (letters, digits, '_', '-', '.'; "
-                               "starting with a letter or digit)")
-    return value
+# Settings a dataset folder is made with; continuing it with others would mix two datasets.
+RUN_SETTINGS = ("checkpoint", "base_model", "scheduler", "steps", "guidance", "resolution", "mask_method",
+                "mask_threshold", "bcm", "seed")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -111,33 +106,116 @@ def _background_latents(args, vae, size: int) -> torch.Tensor:
         return vae_encode(vae, background * 2 - 1, scaled=False).float().cpu()
 
 
+@dataclass
+class GenerateRun:
+    """A checked ``generate`` run: nothing loaded but the DualAnoDiff checkpoint, nothing written."""
+
+    args: argparse.Namespace
+    checkpoint: object
+    root: Path  # OUT/<object>/<defect>
+    guidance: float
+    settings: dict
+    done: dict
+
+
+def run_settings(args, guidance: float) -> dict:
+    return {"checkpoint": Path(args.checkpoint).name, "base_model": Path(args.base_model).name,
+            "scheduler": args.scheduler, "steps": args.steps, "guidance": guidance, "resolution": args.resolution,
+            "mask_method": args.mask_method, "mask_threshold": args.mask_threshold, "bcm": bool(args.backgrounds),
+            "seed": args.seed}
+
+
+def recorded_settings(done: dict) -> dict:
+    """The settings an existing dataset folder was made with (older manifests lack some keys)."""
+    if not done:
+        return {}
+    entry = done[min(done)]
+    recorded = {k: entry[k] for k in RUN_SETTINGS if k in entry}
+    recorded["seed"] = entry.get("run_seed", entry["seed"] - entry["index"])
+    return recorded
+
+
+def check_arguments(args) -> None:
+    """Every rule on the arguments alone (no file is read): names, numbers, paths and what they are."""
+    checks.folder_name(args.object, "--object")
+    checks.folder_name(args.defect, "--defect")
+    for flag in ("num_pairs", "batch_size", "steps"):
+        checks.at_least(getattr(args, flag), 1, f"--{flag.replace('_', '-')}")
+    checks.resolution(args.resolution)
+    if args.guidance is not None:
+        checks.finite(args.guidance, "--guidance")
+    if args.mask_threshold is not None:
+        checks.between(args.mask_threshold, 0, 1, "--mask-threshold")
+    checks.output_dir(args.output_dir, "--output-dir")
+    checks.input_file(args.checkpoint, "--checkpoint", (".safetensors", ".bin"))
+    for flag in ("tokenizer", "comfyui", "model_config", "backgrounds", "object_masks"):
+        if getattr(args, flag):
+            checks.input_dir(getattr(args, flag), f"--{flag.replace('_', '-')}")
+    for flag in ("u2net", "sam"):
+        if getattr(args, flag):
+            checks.input_file(getattr(args, flag), f"--{flag}")
+    if args.mask_method == "u2net" and not args.u2net:
+        raise DualAnoDiffError("--mask-method u2net needs --u2net FILE (u2net.pth or u2netp.pth)")
+    if args.mask_method == "sam" and not args.sam:
+        raise DualAnoDiffError("--mask-method sam needs --sam FILE (sam_vit_b_01ec64.pth, sam_vit_l or sam_vit_h)")
+    if args.backgrounds and not (args.u2net or args.object_masks):
+        raise DualAnoDiffError("--backgrounds needs --u2net FILE or --object-masks DIR to cut the object out")
+    if (args.u2net or args.object_masks) and not args.backgrounds and args.mask_method != "u2net" \
+            and not (args.mask_method == "sam" and args.u2net):
+        raise DualAnoDiffError("--u2net/--object-masks given but unused: they cut the object out of --backgrounds "
+                               "(or make masks with --mask-method u2net)")
+
+
+def prepare(args) -> GenerateRun:
+    """Check everything a run needs before any model loads or any file is written."""
+    from .base_model import check_base_model
+    from .checkpoint import open_checkpoint
+    from .data import _images
+
+    check_arguments(args)
+    check_base_model(args.base_model, args.tokenizer, args.comfyui, args.model_config)
+    ckpt = open_checkpoint(args.checkpoint)
+    if args.backgrounds:
+        if not ckpt.has("bcm"):
+            raise DualAnoDiffError(f"--backgrounds given, but {args.checkpoint} has no BCM weights")
+        if not _images(Path(args.backgrounds)):
+            raise DualAnoDiffError(f"no images in --backgrounds {args.backgrounds}")
+    guidance = args.guidance if args.guidance is not None else (2.0 if args.backgrounds else 2.5)
+    root = Path(args.output_dir) / args.object / args.defect
+    checks.output_dir(root, "the dataset folder")
+    done = read_manifest(root) if root.is_dir() else {}
+    settings = run_settings(args, guidance)
+    checks.same_settings(recorded_settings(done), settings, root,
+                         "continue it with the same settings, or choose another --output-dir, --object or --defect")
+    return GenerateRun(args, ckpt, root, guidance, settings, done)
+
+
 def generate(args) -> Path:
+    run = prepare(args)
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
 
     from .base_model import load_base_model, place
-    from .checkpoint import load_checkpoint
     from .diffusers_adapter import load_dual_unet
     from .image_io import save_png
     from .masks import extract_masks
-    from .reference_import import convert_reference, looks_like_reference
+    from .processes import announce
     from .sampling import encode_prompts, latent_scale, make_scheduler, sample_pairs, vae_decode, vae_encode
 
-    obj, defect = safe_name(args.object, "--object"), safe_name(args.defect, "--defect")
-    if args.num_pairs < 1 or args.batch_size < 1 or args.steps < 1:
-        raise DualAnoDiffError("--num-pairs, --batch-size and --steps must be at least 1")
-    if args.resolution % 8:
-        raise DualAnoDiffError(f"--resolution {args.resolution} is not a multiple of 8")
-    ckpt = convert_reference(args.checkpoint) if looks_like_reference(args.checkpoint) else load_checkpoint(args.checkpoint)
-    if args.backgrounds and not ckpt.has("bcm"):
-        raise DualAnoDiffError(f"--backgrounds given, but {args.checkpoint} has no BCM weights")
-    guidance = args.guidance if args.guidance is not None else (2.0 if args.backgrounds else 2.5)
+    ckpt, guidance, obj, defect = run.checkpoint, run.guidance, args.object, args.defect
     acc = Accelerator(cpu=args.cpu)
+    announce(acc, "generate")
     device, dtype = _device_dtype(args, acc)
     out = Path(args.output_dir)
-    done = read_manifest(out / obj / defect)
-    todo = [i for i in range(args.num_pairs) if i not in done][acc.process_index::acc.num_processes]
+    todo = [i for i in range(args.num_pairs) if i not in run.done][acc.process_index::acc.num_processes]
+    sam = u2net = None
+    if args.mask_method == "sam":
+        sam = _load_sam(args.sam)
+    if args.mask_method in ("u2net", "sam") and args.u2net:
+        from .u2net import load_u2net
+
+        u2net = load_u2net(args.u2net)
 
     base = load_base_model(args.base_model, args.tokenizer, args.comfyui, args.model_config)
     unet, vae, te = (place(m, device, dtype) for m in (base.unet, base.vae, base.text_encoder))
@@ -152,21 +230,10 @@ def generate(args) -> Path:
         backgrounds = _background_latents(args, vae, args.resolution)
         with torch.no_grad():
             zero = vae_encode(vae, torch.zeros(1, 3, args.resolution, args.resolution), scaled=False).float().cpu()
-    sam = u2net = None
-    if args.mask_method == "sam":
-        sam = _load_sam(args.sam)
-    if args.mask_method in ("u2net", "sam") and args.u2net:
-        from .u2net import load_u2net
 
-        u2net = load_u2net(args.u2net)
-    if args.mask_method == "u2net" and u2net is None:
-        raise DualAnoDiffError("--mask-method u2net needs --u2net FILE")
-
-    manifest = out / obj / defect / ("manifest.jsonl" if acc.num_processes == 1 else f"manifest.part{acc.process_index}.jsonl")
+    manifest = run.root / ("manifest.jsonl" if acc.num_processes == 1 else f"manifest.part{acc.process_index}.jsonl")
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    params = {"checkpoint": Path(args.checkpoint).name, "base_model": Path(args.base_model).name,
-              "scheduler": args.scheduler, "steps": args.steps, "guidance": guidance, "resolution": args.resolution,
-              "mask_method": args.mask_method, "bcm": backgrounds is not None}
+    params = {k: v for k, v in run.settings.items() if k != "seed"} | {"run_seed": args.seed}
     bar = tqdm(total=len(todo), desc=f"generate {obj}/{defect}", disable=not acc.is_local_main_process)
     latent = (args.resolution // latent_scale(vae),) * 2
     for start in range(0, len(todo), args.batch_size):
@@ -194,8 +261,8 @@ def generate(args) -> Path:
     bar.close()
     acc.wait_for_everyone()
     if acc.is_main_process and acc.num_processes > 1:
-        _merge_manifests(out / obj / defect)
-    return out / obj / defect
+        _merge_manifests(run.root)
+    return run.root
 
 
 def _merge_manifests(root: Path) -> None:
@@ -208,9 +275,7 @@ def _merge_manifests(root: Path) -> None:
         part.unlink()
 
 
-def _load_sam(path: Path | None):
-    if path is None:
-        raise DualAnoDiffError("--mask-method sam needs --sam FILE (sam_vit_b_01ec64.pth, sam_vit_l or sam_vit_h)")
+def _load_sam(path: Path):
     from .sam_loader import load_sam
 
     return load_sam(path)

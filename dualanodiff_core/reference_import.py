@@ -93,6 +93,15 @@ def reference_to_checkpoint(state: dict, source: str = "reference", prompts: dic
         if set(parts) != {"q", "k", "v"}:
             raise CheckpointError(f"{source}: SAIM {key} lacks temporal_{'/'.join(sorted({'q','k','v'} - set(parts)))}")
         tensors[key] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    for key, value in tensors.items():
+        if isinstance(value, list) and value[0].shape != value[1].shape:
+            path, lora = key.removeprefix("unet.").rsplit(".lora_", 1)
+            t, part = lora.split(".")
+            raise CheckpointError(
+                f"{source}: {path}.processor.to_{t}_lora.{{0,1}}.{part}.weight differ in shape between the two "
+                f"branches ({tuple(value[0].shape)} and {tuple(value[1].shape)}); the file is damaged or was "
+                "not written by the reference code"
+            )
     tensors = {k: torch.stack(v) if isinstance(v, list) else v for k, v in tensors.items()}
     if not any(k.startswith("unet.") for k in tensors):
         raise CheckpointError(f"{source} holds no DualAnoDiff UNet weights (no '.processor.to_q_lora.' keys)")

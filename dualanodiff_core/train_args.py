@@ -4,7 +4,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import checks
 from .data import SPLITS
+from .errors import DualAnoDiffError
+
+# Settings a resumable checkpoint was taken with; resuming with others would train a different model.
+RESUME_SETTINGS = ("mvtec", "defect", "split", "images", "masks", "base_model", "rank", "no_text_encoder_lora",
+                   "no_saim", "bcm", "object_masks", "prompt_global", "prompt_anomaly", "lr", "weight_decay",
+                   "max_grad_norm", "pairs_per_step", "resolution", "no_flip", "seed", "mixed_precision")
 
 
 def _split(value: str):
@@ -62,7 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     out.add_argument("--name", help="checkpoint file name stem (default: <category>_<defect> or the images folder name)")
     out.add_argument("--checkpoint-every", type=int, default=500, help="write a resumable checkpoint every N steps (default: 500)")
     out.add_argument("--checkpoints-keep", type=int, default=2, help="how many resumable checkpoints to keep (default: 2)")
-    out.add_argument("--resume", help="'latest' or a checkpoint folder under OUTPUT_DIR/checkpoints to continue from")
+    out.add_argument("--resume", help="'latest' or a checkpoint folder under OUTPUT_DIR/checkpoints to continue from "
+                     "(refused when its settings differ from this run's; --steps may grow)")
+    out.add_argument("--overwrite", action="store_true", help="start over in an OUTPUT_DIR that already holds this "
+                     "run's final checkpoint or resumable checkpoints (they are replaced)")
     out.add_argument("--validate-every", type=int, default=500, help="write a validation grid (global | anomaly | mask) "
                      "every N steps, 0 to disable (default: 500)")
     out.add_argument("--validation-pairs", type=int, default=2, help="pairs in each validation grid (default: 2)")
@@ -73,28 +83,55 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     out.add_argument("--save-dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="checkpoint precision (default: fp16)")
 
 
-def check_arguments(args, error) -> None:
-    """Cross-option rules; ``error`` is ``parser.error``."""
-    if (args.mvtec is None) == (args.images is None):
-        error("give either --mvtec CATEGORY --defect NAME, or --images DIR --masks DIR")
-    if args.mvtec is not None and not args.defect:
-        error("--mvtec needs --defect (one model per category and defect type)")
-    if args.images is not None and args.masks is None:
-        error("--images needs --masks")
-    if args.bcm and not (args.u2net or args.object_masks):
-        error("--bcm needs --u2net FILE or --object-masks DIR to cut the object out of the backgrounds")
+def resolve_defaults(args) -> argparse.Namespace:
+    """Fill the defaults that depend on other options (a copy; ``args`` is not changed)."""
+    args = argparse.Namespace(**vars(args))
     if args.pairs_per_step is None:
         args.pairs_per_step = 2 if args.bcm else 4
-    for name in ("steps", "rank", "pairs_per_step", "resolution"):
-        if getattr(args, name) < 1:
-            error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.resolution % 8:
-        error("--resolution must be a multiple of 8")
+    return args
+
+
+def check_arguments(args) -> None:
+    """Every rule on the options alone (no file is read); raises DualAnoDiffError, changes nothing."""
+    if (args.mvtec is None) == (args.images is None):
+        raise DualAnoDiffError("give either --mvtec CATEGORY --defect NAME, or --images DIR --masks DIR")
+    if args.mvtec is not None and not args.defect:
+        raise DualAnoDiffError("--mvtec needs --defect (one model per category and defect type)")
+    if args.images is not None and args.masks is None:
+        raise DualAnoDiffError("--images needs --masks")
+    if args.bcm and not (args.u2net or args.object_masks):
+        raise DualAnoDiffError("--bcm needs --u2net FILE or --object-masks DIR to cut the object out of the backgrounds")
+    if (args.u2net or args.object_masks) and not args.bcm:
+        raise DualAnoDiffError("--u2net/--object-masks only serve --bcm (the background module); add --bcm or drop them")
+    for flag in ("steps", "rank", "pairs_per_step", "validation_pairs", "validation_steps", "log_every"):
+        if getattr(args, flag) is not None:
+            checks.at_least(getattr(args, flag), 1, f"--{flag.replace('_', '-')}")
+    for flag in ("weight_decay", "max_grad_norm", "checkpoint_every", "checkpoints_keep", "validate_every"):
+        checks.at_least(checks.finite(getattr(args, flag), f"--{flag.replace('_', '-')}"), 0,
+                        f"--{flag.replace('_', '-')}")
+    checks.finite(args.lr, "--lr")
+    if args.lr <= 0:
+        raise DualAnoDiffError(f"--lr must be above 0, got {args.lr}")
+    checks.resolution(args.resolution)
+    if args.name is not None:
+        checks.folder_name(args.name, "--name")
+    for flag in ("mvtec", "images", "masks", "object_masks", "tokenizer", "comfyui", "model_config"):
+        if getattr(args, flag) is not None:
+            checks.input_dir(getattr(args, flag), f"--{flag.replace('_', '-')}")
+    if args.u2net is not None:
+        checks.input_file(args.u2net, "--u2net")
+    checks.output_dir(args.output_dir, "--output-dir")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="dualanodiff train")
+    """Options of ``dualanodiff train`` as the Python API takes them (checked, defaults filled)."""
+    from .cli import ArgumentParser
+
+    p = ArgumentParser(prog="dualanodiff train")
     add_arguments(p)
     args = p.parse_args(argv)
-    check_arguments(args, p.error)
-    return args
+    try:
+        check_arguments(args)
+    except DualAnoDiffError as exc:
+        p.error(str(exc))
+    return resolve_defaults(args)

@@ -59,6 +59,14 @@ def resolve_resume(output_dir: Path, resume: str) -> Path:
     return path
 
 
+def read_state(path: Path) -> dict:
+    """``state.json`` of a training checkpoint: the step, the name and the run's settings."""
+    try:
+        return json.loads((Path(path) / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DualAnoDiffError(f"{path}/state.json is unreadable ({exc}); resume from another checkpoint") from None
+
+
 def load_training_checkpoint(path: Path, trainable: dict, optimizer) -> int:
     """Restore weights (in place) and optimizer; returns the step the checkpoint was taken after."""
     from safetensors.torch import load_file
@@ -70,4 +78,4 @@ def load_training_checkpoint(path: Path, trainable: dict, optimizer) -> int:
         for name, param in trainable.items():
             param.copy_(saved[name])
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    return json.loads((path / "state.json").read_text(encoding="utf-8"))["step"]
+    return read_state(path)["step"]

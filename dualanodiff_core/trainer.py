@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +22,10 @@ from .diffusers_adapter import DualAnoDiffUNet, attention_modules, build_layers,
 from .image_io import grid, save_png
 from .sampling import encode_prompts, latent_scale, make_scheduler, sample_pairs, vae_decode, vae_encode
 from .text_encoder_lora import add_text_encoder_lora, text_encoder_lora_tensors
-from .train_checkpoints import load_training_checkpoint, resolve_resume, save_training_checkpoint
+from . import checks
+from .errors import DualAnoDiffError
+from .processes import announce
+from .train_checkpoints import checkpoint_dirs, load_training_checkpoint, read_state, resolve_resume, save_training_checkpoint
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "no": torch.float32}
 
@@ -60,11 +64,11 @@ def bcm_object_masks(args, pairs: list) -> list:
 class DualTrainer:
     """Holds the models and runs steps; ``run`` is the whole training."""
 
-    def __init__(self, args, accelerator, base):
+    def __init__(self, args, accelerator, base, pairs: list | None = None):
         self.args, self.acc = args, accelerator
         self.device = accelerator.device
         self.weight_dtype = DTYPES[args.mixed_precision]
-        pairs = training_pairs(args)
+        pairs = training_pairs(args) if pairs is None else pairs
         self.data = PairTensors(pairs, args.resolution, bcm_object_masks(args, pairs) if args.bcm else None)
         self.tokenizer = base.tokenizer
         self.scheduler_config = base.scheduler_config
@@ -178,6 +182,47 @@ def run_config(args) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("run", "parser")}
 
 
+def resume_settings(args) -> dict:
+    from .train_args import RESUME_SETTINGS
+
+    config = run_config(args)
+    return {k: config[k] for k in RESUME_SETTINGS}
+
+
+def prepare(args) -> list:
+    """Check everything a run needs before any model loads or any file is written; returns the pairs."""
+    from .base_model import check_base_model
+    from .data import check_pairs
+    from .train_args import check_arguments
+
+    check_arguments(args)
+    pairs = training_pairs(args)
+    check_pairs(pairs)
+    if args.object_masks:
+        load_object_masks(pairs, args.object_masks, 8)
+    check_base_model(args.base_model, args.tokenizer, args.comfyui, args.model_config)
+    _check_output(args)
+    return pairs
+
+
+def _check_output(args) -> None:
+    out = Path(args.output_dir)
+    final = out / f"{default_name(args)}.safetensors"
+    if args.resume:
+        path = resolve_resume(out, args.resume)
+        state = read_state(path)
+        checks.same_settings(state.get("settings", {}), resume_settings(args), path,
+                             "resume with the same settings (only --steps and the output options may change), or "
+                             "start over with --overwrite or another --output-dir")
+        if state["step"] >= args.steps:
+            raise DualAnoDiffError(f"{path} is at step {state['step']}; --steps {args.steps} leaves nothing to train "
+                                   "(raise --steps to continue)")
+    elif not args.overwrite and (final.exists() or checkpoint_dirs(out)):
+        what = final if final.exists() else out / "checkpoints"
+        raise DualAnoDiffError(f"{what} is from an earlier run: pass --resume latest to continue it, --overwrite to "
+                               "start over, or choose another --output-dir")
+
+
 def train(args) -> Path:
     """Run training as configured by ``train_args``; returns the written checkpoint."""
     from accelerate import Accelerator
@@ -185,18 +230,26 @@ def train(args) -> Path:
 
     from .base_model import load_base_model
 
+    from .train_args import resolve_defaults
+
+    args = resolve_defaults(args)
+    pairs = prepare(args)
     out = Path(args.output_dir)
     acc = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu,
                       log_with=None if args.report_to == "none" else args.report_to, project_dir=str(out))
     from accelerate.utils import set_seed
 
+    announce(acc, "train")
     base = load_base_model(args.base_model, args.tokenizer, args.comfyui, args.model_config)
     set_seed(args.seed)  # initial weights of SAIM, BCM and the LoRA down projections
-    trainer = DualTrainer(args, acc, base)
+    trainer = DualTrainer(args, acc, base, pairs)
     name = default_name(args)
     start = 0
     if args.resume:
         start = load_training_checkpoint(resolve_resume(out, args.resume), trainer.trainable, trainer.optimizer)
+    elif acc.is_main_process and args.overwrite:
+        for old in checkpoint_dirs(out):
+            shutil.rmtree(old)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "training_config.json").write_text(json.dumps(run_config(args), indent=1), encoding="utf-8")
@@ -212,7 +265,7 @@ def train(args) -> Path:
             acc.log({"loss": loss}, step=done)
         if acc.is_main_process and args.checkpoint_every and done % args.checkpoint_every == 0 and done < args.steps:
             save_training_checkpoint(out, done, trainer.trainable, trainer.optimizer, args.checkpoints_keep,
-                                     {"name": name})
+                                     {"name": name, "settings": resume_settings(args)})
         if acc.is_main_process and args.validate_every and done % args.validate_every == 0:
             trainer.validation_grid(done)
     acc.wait_for_everyone()

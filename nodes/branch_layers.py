@@ -68,18 +68,9 @@ def _copy_to(layer, device, dtype):
 
 def read_dual_checkpoint(path: str):
     """A validated DualAnoDiff checkpoint; reference files (``pytorch_lora_weights.*``) are converted."""
-    from ..dualanodiff_core.checkpoint import load_checkpoint
-    from ..dualanodiff_core.errors import CheckpointError
-    from ..dualanodiff_core.reference_import import convert_reference, looks_like_reference
+    from ..dualanodiff_core.checkpoint import open_checkpoint
 
-    if looks_like_reference(path):
-        return convert_reference(Path(path))
-    if Path(path).suffix.lower() != ".safetensors":
-        raise CheckpointError(
-            f"{path}: DualAnoDiff checkpoints are .safetensors files; a .bin file is read only when it is a "
-            "reference checkpoint named pytorch_lora_weights.bin"
-        )
-    return load_checkpoint(Path(path))
+    return open_checkpoint(Path(path))
 
 
 def layers_from_checkpoint(ckpt, sites: list) -> LayerBank:

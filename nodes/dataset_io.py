@@ -17,21 +17,15 @@ import time
 
 import torch
 
+from ..dualanodiff_core.checks import folder_name
 from ..dualanodiff_core.errors import DualAnoDiffError
 
 LAYOUTS = ("pairs", "mvtec", "both")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _INDEX = re.compile(r"^(\d+)(?:_mask)?\.png$")
 
 
 def check_name(kind: str, value: str) -> str:
-    value = value.strip()
-    if not _NAME.match(value) or ".." in value:
-        raise DualAnoDiffError(
-            f"{kind} name {value!r} is not allowed: use 1-64 letters, digits, '_', '-' or '.', starting with a "
-            "letter or digit (no slashes, no '..')"
-        )
-    return value
+    return folder_name(value.strip(), f"{kind} name")
 
 
 def check_folder(output_dir: str, folder: str) -> str:

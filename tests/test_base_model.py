@@ -57,8 +57,9 @@ def test_unsafe_pickle_and_missing_files_are_refused(tmp_path):
 
     ckpt = tmp_path / "model.ckpt"
     torch.save({"state_dict": {"x": Payload()}}, ckpt)
+    write_tiny_tokenizer(tmp_path / "tok")
     with pytest.raises(BaseModelError, match="model.ckpt.*refused for safety"):
-        load_base_model(ckpt)
+        load_base_model(ckpt, tokenizer=tmp_path / "tok")
     with pytest.raises(BaseModelError, match="not found"):
         load_base_model(tmp_path / "nope.safetensors")
 
@@ -73,5 +74,38 @@ def test_tokenizer_lookup_order(tmp_path, monkeypatch):
     assert find_tokenizer(model, comfyui=comfy) == comfy / "comfy" / "sd1_tokenizer"
     monkeypatch.setenv("COMFYUI_PATH", str(comfy))
     assert find_tokenizer(model) == comfy / "comfy" / "sd1_tokenizer"
-    with pytest.raises(BaseModelError, match="--tokenizer .* has no vocab.json"):
+    with pytest.raises(BaseModelError, match="--tokenizer .* has neither vocab.json with merges.txt nor tokenizer.json"):
         find_tokenizer(model, tokenizer=tmp_path)
+
+
+def test_tokenizer_json_alone_loads_with_the_same_ids(tiny_sd, tmp_path):
+    """Current transformers' save_pretrained writes tokenizer.json (+ tokenizer_config.json) and no
+    vocab.json/merges.txt: such a model folder must load, and tokenize exactly as the two-file form."""
+    import shutil
+
+    from dualanodiff_core.cli import main
+
+    folder = tmp_path / "sd_tokenizer_json"
+    shutil.copytree(tiny_sd, folder)
+    reference = load_base_model(tiny_sd).tokenizer
+    shutil.rmtree(folder / "tokenizer")
+    reference.save_pretrained(folder / "tokenizer")
+    assert not (folder / "tokenizer" / "vocab.json").exists() and (folder / "tokenizer" / "tokenizer.json").is_file()
+    loaded = load_base_model(folder).tokenizer
+    for prompt in ("a vfx with sks", "sks", "", "Héllo, WORLD!! 123 scratch-crack"):
+        kw = dict(padding="max_length", max_length=77, truncation=True)
+        assert loaded(prompt, **kw).input_ids == reference(prompt, **kw).input_ids
+    assert find_tokenizer(folder) == folder / "tokenizer"
+    assert find_tokenizer(folder, tokenizer=folder / "tokenizer") == folder / "tokenizer"
+    # and the commands that read a base folder take it
+    from dual_fixtures import random_layers
+    from dualanodiff_core.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
+    from dualanodiff_core.diffusers_adapter import attention_modules, module_key
+
+    unet = tiny_unet()
+    keys = {module_key(p): p for p in attention_modules(unet)}
+    ckpt = save_checkpoint(tmp_path / "c.safetensors", DualAnoDiffCheckpoint(
+        layers_to_tensors(random_layers(unet, rank=4), keys), make_metadata(4, ["unet_lora", "saim"])))
+    assert main(["generate", "--base-model", str(folder), "--checkpoint", str(ckpt), "--output-dir", str(tmp_path / "o"),
+                 "--object", "a", "--defect", "b", "-n", "1", "--resolution", "64", "--steps", "2"]) == 0
+    assert (tmp_path / "o" / "a" / "b" / "image" / "0.png").is_file()

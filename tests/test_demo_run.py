@@ -72,7 +72,7 @@ def test_metrics_score_the_worlds_own_defects_as_perfect_and_shifted_masks_lower
 def test_bad_demo_values_stop_before_any_work(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--mask-threshold", "1.5"]) == 2
-    assert "--mask-threshold must be between 0 and 1 (exclusive), got 1.5" in capsys.readouterr().err
+    assert "--mask-threshold must lie in (0, 1), got 1.5" in capsys.readouterr().err
     assert main(["demo", "--out", str(out), "--pairs", "0"]) == 2
     assert "--pairs must be at least 1" in capsys.readouterr().err
     assert not out.exists()
