@@ -3,13 +3,28 @@ from __future__ import annotations
 
 import torch
 
-from ..dualanodiff_core.errors import CheckpointError
+from ..dualanodiff_core.errors import CheckpointError, DualAnoDiffError
 from ..dualanodiff_core.kohya_export import text_encoder_lora_tensors
+
+
+class NoClip:
+    """The Loader's CLIP output when its ``clip`` input is not connected: any use says how to fix the graph
+    (a plain None would reach ComfyUI's "your checkpoint does not contain a valid clip")."""
+
+    MESSAGE = ("the DualAnoDiff Loader's CLIP output is empty because its 'clip' input is not connected: connect "
+               "the CLIP of Load Checkpoint to the Loader's 'clip' input, or encode the prompts with that CLIP directly")
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise DualAnoDiffError(self.MESSAGE)
 
 
 def apply_text_encoder_lora(clip, ckpt, strength: float):
     """A clone of ``clip`` with the LoRA at ``strength`` (the input CLIP is unchanged)."""
-    if clip is None or strength == 0 or not ckpt.has("text_encoder_lora"):
+    if clip is None:
+        return NoClip()
+    if strength == 0 or not ckpt.has("text_encoder_lora"):
         return clip
     import comfy.lora
 

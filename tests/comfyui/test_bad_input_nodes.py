@@ -96,3 +96,25 @@ def test_nodes_refuse_bad_input_cleanly(files, case):
     with pytest.raises((DualAnoDiffError, FileNotFoundError), match=message):
         call()
     assert _output_snapshot() == before, "a refused node must write nothing"
+
+
+def test_loader_clip_output_without_clip_input_says_what_to_connect(files):
+    """Stock CLIPTextEncode on the Loader's CLIP output with no CLIP input: our message, titled with the
+    pack's name (not the checkout folder's module path), instead of "checkpoint has no valid clip"."""
+    from workflow_fixtures import register_extra_harness_nodes
+
+    register_extra_harness_nodes()
+    graph = {
+        "1": {"class_type": "HarnessModel", "inputs": {"key": harness.register(_model())}},
+        "3": {"class_type": "DualAnoDiffLoader", "inputs": {
+            "model": ["1", 0], "checkpoint": "bad_input_good.safetensors", "strength_global": 1.0,
+            "strength_anomaly": 1.0, "strength_saim": 1.0, "strength_clip": 1.0}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["3", 1], "text": "a photo"}},
+        "5": {"class_type": "HarnessCaptureConditioning", "inputs": {"value": ["4", 0], "key": "c"}},
+    }
+    with pytest.raises(AssertionError) as failure:
+        harness.run_graph(graph)
+    text = str(failure.value)
+    assert "CLIPTextEncode" in text and "dualanodiff.DualAnoDiffError: the DualAnoDiff Loader's CLIP output is empty" in text
+    assert "connect the CLIP of Load Checkpoint to the Loader's 'clip' input" in text
+    assert "does not contain a valid clip" not in text
