@@ -14,7 +14,7 @@ import torch
 from ..dualanodiff_core.layers import DualAttentionLayers
 
 log = logging.getLogger("DualAnoDiff")
-LORA_LINEARS = {"q": "to_q", "k": "to_k", "v": "to_v", "out": "to_out.0"}
+from .branch_projections import LORA_PROJECTIONS as LORA_LINEARS
 
 
 def _key(site) -> tuple:

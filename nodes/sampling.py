@@ -6,18 +6,18 @@ prompt and every anomaly row the anomaly prompt; a one-row negative reaches both
 """
 from __future__ import annotations
 
-import torch
-
 from ..dualanodiff_core.errors import DualAnoDiffError
 from ..dualanodiff_core.pairing import deinterleave, duplicate_rows, interleave, stack_token_rows
 from .background import apply_background
+from .branch_conditioning import pair_options
 from .comfy_patches import find_patch_set
 
 PAIRED = "dualanodiff_pairs"  # LATENT key: the rows are already interleaved pairs
 
 
 def pair_conditioning(global_cond: list, anomaly_cond: list) -> list:
-    """One CONDITIONING whose tensors hold the global prompt in row 0 and the anomaly prompt in row 1."""
+    """One CONDITIONING whose tensors hold the global prompt in row 0 and the anomaly prompt in row 1;
+    each prompt's options reach only its own rows (see branch_conditioning)."""
     if len(global_cond) != len(anomaly_cond):
         raise DualAnoDiffError(
             f"the global conditioning has {len(global_cond)} entries and the anomaly one {len(anomaly_cond)}; "
@@ -29,11 +29,7 @@ def pair_conditioning(global_cond: list, anomaly_cond: list) -> list:
             raise DualAnoDiffError(
                 f"pairing needs one prompt per branch, got conditioning batches of {g.shape[0]} and {a.shape[0]}"
             )
-        opts = {**a_opts, **g_opts}
-        pooled_g, pooled_a = g_opts.get("pooled_output"), a_opts.get("pooled_output")
-        if pooled_g is not None and pooled_a is not None:
-            opts["pooled_output"] = torch.cat([pooled_g, pooled_a])
-        paired.append([stack_token_rows(g, a), opts])
+        paired.append([stack_token_rows(g, a), pair_options(g_opts, a_opts)])
     return paired
 
 
