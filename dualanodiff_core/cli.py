@@ -171,6 +171,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--base-model", type=Path, default=d.base_model, help="base model folder (default: the shipped "
                    "tiny model trained on the toy world)")
     p.add_argument("--no-ablation", action="store_true", help="skip the model trained without SAIM")
+    p.add_argument("--evaluate", action="store_true", help="also train a small detector on each generated set and on "
+                   "the two baselines (real-only, crop-and-paste) and score it on a held-out toy test set, as "
+                   "`dualanodiff evaluate` does (about a minute more on 2 CPU cores)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
     p.set_defaults(run=run_demo)
 
@@ -182,9 +185,31 @@ def run_demo(args) -> int:
 
     cfg = DemoConfig(out=args.out, base_model=args.base_model, defect=args.defect, shots=args.shots, pairs=args.pairs,
                      steps=args.steps, rank=args.rank, lr=args.lr, sample_steps=args.sample_steps,
-                     guidance=args.guidance, mask_threshold=args.mask_threshold, seed=args.seed, ablation=not args.no_ablation, cpu=args.cpu)
+                     guidance=args.guidance, mask_threshold=args.mask_threshold, seed=args.seed, ablation=not args.no_ablation, evaluate=args.evaluate, cpu=args.cpu)
     print(json.dumps(run(cfg), indent=1))
     return 0
+
+
+def _add_evaluate(sub) -> None:
+    from .evaluation import cli_args
+
+    p = sub.add_parser(
+        "evaluate",
+        help="does the generated data help a detector? train and score one per set, beside two baselines",
+        description="The paper's downstream protocol on your data: a DRAEM-style U-Net detector is trained on each "
+        "synthetic set (from generate or the Save Dataset node) and on two baselines (the few real shots alone, and "
+        "crop-and-paste of them), then scored on the real test images that are not few shots: pixel AUROC/AP/F1-max, "
+        "AU-PRO, image AUROC/AP/F1-max, optionally IC-LPIPS and IS. Writes metrics.json, report.md, curves.png, "
+        "predictions.png; resumable.",
+    )
+    cli_args.add_arguments(p)
+    p.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args) -> int:
+    from .evaluation import cli_args
+
+    return cli_args.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_convert(sub)
     _add_export(sub)
+    _add_evaluate(sub)
     parser.commands = sub.choices
     return parser
 

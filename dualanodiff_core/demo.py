@@ -53,6 +53,7 @@ class DemoConfig:
     batch_size: int = 32
     seed: int = 0
     ablation: bool = True
+    evaluate: bool = False    # train a detector on each set and the two baselines (dualanodiff evaluate)
     cpu: bool = False
 
 
@@ -171,6 +172,18 @@ def contact_sheet(results: dict, path: Path, rows: int = 8, scale: int = 2) -> P
     return atomic_write(path, lambda tmp: full.save(tmp, format="PNG"), overwrite=True)
 
 
+def _downstream(cfg: DemoConfig, out: Path) -> dict:
+    """Mean metrics of a detector trained on each generated set and on the two baselines, scored on a
+    held-out toy test set (``dualanodiff evaluate``'s code, demo-sized)."""
+    from .evaluation.demo_world_eval import DemoEvalConfig, evaluate_demo_world
+
+    sets = {name: out / "samples" / variant / "world" / cfg.defect
+            for name, variant in (("DualAnoDiff", "saim"), ("no-SAIM", "no_saim")) if variant == "saim" or cfg.ablation}
+    result = evaluate_demo_world(sets, out / "evaluation", DemoEvalConfig(defect=cfg.defect, shots=cfg.shots,
+                                                                          seed=cfg.seed, cpu=cfg.cpu))
+    return {name: s["mean"] for name, s in result["sets"].items()}
+
+
 def check_config(cfg: DemoConfig) -> None:
     """Every rule on the configuration, before anything is trained or written."""
     from . import checks
@@ -206,6 +219,8 @@ def run(cfg: DemoConfig) -> dict:
         results[variant] = read_samples(root, cfg.pairs)
         report[variant] = {**metrics(results[variant]), "checkpoint": str(ckpt),
                            "train_seconds": round(t1 - t0, 1), "generate_seconds": round(t2 - t1, 1)}
+    if cfg.evaluate:
+        report["downstream"] = _downstream(cfg, out)
     sheet = contact_sheet(results, out / "contact_sheet.png")
     device = PartialState().device.type  # what the trainer and generator ran on
     summary = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},

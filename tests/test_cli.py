@@ -18,7 +18,7 @@ def _subparsers(parser):
     return action.choices
 
 
-@pytest.mark.parametrize("command", ["convert", "export-lora"])
+@pytest.mark.parametrize("command", ["demo", "train", "generate", "convert", "export-lora", "evaluate"])
 def test_every_option_has_help(command):
     sub = _subparsers(build_parser())[command]
     assert sub.description
