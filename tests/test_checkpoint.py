@@ -1,5 +1,6 @@
 """The DualAnoDiff checkpoint: round trip, metadata, and every refusal with a clear message."""
 import json
+import re
 
 import pytest
 import torch
@@ -108,12 +109,66 @@ def test_missing_and_unexpected_keys(tmp_path, saved):
         load_checkpoint(_rewrite(saved, tmp_path / "k.safetensors", tensors=t))
 
 
+def test_missing_keys_alone_and_unexpected_keys_alone(tmp_path, saved):
+    t = load_file(str(saved))
+    del t[next(k for k in t if k.endswith("lora_k.up"))]
+    with pytest.raises(CheckpointError, match=r"missing keys .*lora_k\.up") as info:
+        load_checkpoint(_rewrite(saved, tmp_path / "a.safetensors", tensors=t))
+    assert "unexpected keys" not in str(info.value)
+    # well-formed DualAnoDiff keys the listed components do not have: BCM weights in a file without "bcm"
+    t = load_file(str(saved))
+    attn1 = next(k for k in t if k.endswith("attn1.lora_q.down")).rsplit(".lora_q.down", 1)[0]
+    t[f"{attn1}.bcm.gamma"] = torch.zeros(1, dtype=torch.float16)
+    with pytest.raises(CheckpointError, match=r"unexpected keys .*attn1\.bcm\.gamma") as info:
+        load_checkpoint(_rewrite(saved, tmp_path / "b.safetensors", tensors=t))
+    assert "missing keys" not in str(info.value)
+
+
+def test_text_encoder_lora_round_trip(tmp_path):
+    _, ckpt = _checkpoint()
+    gen = torch.Generator().manual_seed(3)
+    te = {}
+    for n in range(2):
+        for proj in ("q_proj", "out_proj"):
+            module = f"text_model.encoder.layers.{n}.self_attn.{proj}"
+            te[module] = (torch.randn(4, 32, generator=gen), torch.randn(32, 4, generator=gen))
+    tensors = dict(ckpt.tensors)
+    for module, (down, up) in te.items():
+        tensors[f"text_encoder.{module}.down"], tensors[f"text_encoder.{module}.up"] = down, up
+    meta = make_metadata(4, ["unet_lora", "saim", "text_encoder_lora"])
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "te.safetensors", DualAnoDiffCheckpoint(tensors, meta),
+                                             dtype=torch.float32))
+    assert loaded.has("text_encoder_lora")
+    got = loaded.text_encoder_lora()
+    assert set(got) == set(te)
+    for module, (down, up) in te.items():
+        assert torch.equal(got[module][0], down) and torch.equal(got[module][1], up)
+    module = "text_model.encoder.layers.1.self_attn.out_proj"
+    tensors[f"text_encoder.{module}.up"] = torch.zeros(32, 3)  # rank 3 against a rank-4 down
+    with pytest.raises(CheckpointError, match=f"inconsistent shapes.*text_encoder.{module}: down"):
+        save_checkpoint(tmp_path / "bad.safetensors", DualAnoDiffCheckpoint(tensors, meta))
+
+
 def test_shape_mismatch_inside_file(tmp_path, saved):
     t = load_file(str(saved))
     key = next(k for k in t if k.endswith("saim.proj_in.weight"))
     t[key] = torch.zeros(5, 5, dtype=torch.float16)
     with pytest.raises(CheckpointError, match="inconsistent shapes.*saim.proj_in.weight"):
         load_checkpoint(_rewrite(saved, tmp_path / "s.safetensors", tensors=t))
+
+
+@pytest.mark.parametrize("suffix, shape, bcm", [
+    ("lora_q.down", lambda s: (s[0], s[1] - 1, s[2]), False),   # rank 3 in a rank-4 file
+    ("lora_v.up", lambda s: (s[0], s[1], s[2] + 1), False),
+    ("bcm.mlp_out.weight", lambda s: (s[0], s[1] + 1), True),   # its MLP no longer fits mlp_in
+], ids=["lora-down-rank", "lora-up-rank", "bcm-mlp"])
+def test_each_part_has_its_shapes_checked(tmp_path, suffix, shape, bcm):
+    _, ckpt = _checkpoint(bcm=bcm)
+    tensors = dict(ckpt.tensors)
+    key = next(k for k in tensors if k.endswith(suffix))
+    tensors[key] = torch.zeros(shape(tuple(tensors[key].shape)))
+    with pytest.raises(CheckpointError, match=f"inconsistent shapes.*{re.escape(key[len('unet.'):].rsplit('.', 1)[0])}"):
+        save_checkpoint(tmp_path / "x.safetensors", DualAnoDiffCheckpoint(tensors, ckpt.metadata))
 
 
 def test_checkpoint_for_another_unet_is_refused(saved):
@@ -125,14 +180,47 @@ def test_checkpoint_for_another_unet_is_refused(saved):
         load_dual_unet(wider, saved)
     deeper = UNet2DConditionModel(**dict(TINY_UNET_CONFIG, down_block_types=("CrossAttnDownBlock2D",) * 2,
                                          up_block_types=("CrossAttnUpBlock2D",) * 2))
-    with pytest.raises(CheckpointError, match="no weights for attention modules"):
+    with pytest.raises(CheckpointError, match="no weights for attention modules") as info:
         load_dual_unet(deeper, saved)
+    assert "the UNet does not have" not in str(info.value)  # the file has no extra modules
+    shallower = UNet2DConditionModel(**dict(TINY_UNET_CONFIG, down_block_types=("DownBlock2D",) * 2,
+                                            up_block_types=("UpBlock2D",) * 2))  # only the mid block's
+    with pytest.raises(CheckpointError, match="weights for attention modules the UNet does not have: down_blocks") as info:
+        load_dual_unet(shallower, saved)
+    assert "no weights for" not in str(info.value)
 
 
-def test_nan_and_inf_are_refused(tmp_path, saved):
+@pytest.mark.parametrize("change, message", [
+    ({"format_version": "one"}, "format_version 'one' is not a number"),
+    ({"components": "unet_lora,saim,lcm"}, "lists unknown components lcm"),
+    ({"rank": "four"}, "metadata 'rank' is missing or not a number"),
+    ({"rank": None}, "metadata 'rank' is missing or not a number"),
+    ({"components": "unet_lora,saim,text_encoder_lora"}, "lists a text-encoder LoRA but holds no text_encoder.* weights"),
+], ids=["version", "components", "rank", "no-rank", "no-te-weights"])
+def test_bad_metadata_is_refused(tmp_path, saved, change, message):
+    meta = dict(load_checkpoint(saved).metadata)
+    for key, value in change.items():
+        if value is None:
+            del meta[key]
+        else:
+            meta[key] = value
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        load_checkpoint(_rewrite(saved, tmp_path / "m.safetensors", metadata=meta))
+
+
+def test_text_encoder_lora_alone_is_refused(tmp_path, saved):
+    prefix = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
+    t = {f"{prefix}.down": torch.zeros(4, 32), f"{prefix}.up": torch.zeros(32, 4)}
+    meta = dict(load_checkpoint(saved).metadata, components="text_encoder_lora")
+    with pytest.raises(CheckpointError, match="holds no UNet attention weights"):
+        load_checkpoint(_rewrite(saved, tmp_path / "te.safetensors", tensors=t, metadata=meta))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "+inf", "-inf"])
+def test_nan_and_inf_are_refused(tmp_path, saved, bad):
     t = load_file(str(saved))
     key = next(k for k in t if k.endswith("lora_v.up"))
-    t[key][0, 0, 0] = float("nan")
+    t[key][0, 0, 0] = bad
     with pytest.raises(CheckpointError, match="NaN or Inf.*lora_v.up"):
         load_checkpoint(_rewrite(saved, tmp_path / "n.safetensors", tensors=t))
 
@@ -158,4 +246,10 @@ def test_missing_file(tmp_path):
 def test_metadata_is_plain_strings(saved):
     meta = load_checkpoint(saved).metadata
     assert all(isinstance(v, str) for v in meta.values())
-    json.loads(meta["provenance"])
+    # the whole header, value by value (docs/checkpoint-format.md), for _checkpoint(): rank 4, no BCM, fp16
+    assert meta == {
+        "format": "dualanodiff", "format_version": "1", "base_model": "sd15", "rank": "4",
+        "components": "unet_lora,saim", "prompt_global": "a vfx with sks", "prompt_anomaly": "sks",
+        "prompt_negative": "", "provenance": '{"trained_by": "test"}', "dtype": "float16",
+    }
+    assert json.loads(meta["provenance"]) == {"trained_by": "test"}

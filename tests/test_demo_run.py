@@ -1,8 +1,19 @@
 """The shipped tiny base model and a reduced `dualanodiff demo` run (16 pairs, 150 training steps,
 10 sampling steps; about 65 s on 2 CPU cores) whose metrics must stay above floors set from measurement.
 
-Measured on this configuration (torch 2.13.0 CPU, 2 threads): with SAIM alignment IoU 0.058, non-empty
-masks 0.94, global images with a defect 0.75; without SAIM 0.0, 0.88, 0.06."""
+Measured on this configuration (torch 2.13.0 CPU, 2 threads; the same on a loaded machine):
+
+| model                                   | alignment IoU | non-empty masks | global defect share |
+|-----------------------------------------|---------------|-----------------|---------------------|
+| with SAIM                               | 0.058         | 0.94 (15/16)    | 0.75 (12/16)        |
+| without SAIM (the demo's ablation)      | 0.0           | 0.88 (14/16)    | 0.06 (1/16)         |
+| SAIM broken: no pair interaction (*)    | 0.014         | 0.88 (14/16)    | 0.88 (14/16)        |
+
+(*) a mutant of branch_math.saim/saim_inference where each token attends only to itself (SAIM left as a
+per-token MLP), trained and sampled like the SAIM model. Only the alignment IoU separates SAIM from both
+failures: the non-empty share is as high without SAIM, and the global defect share is even higher with
+the broken SAIM. So the alignment IoU floor (and the gain over the ablation) is the SAIM check; the other
+two floors only check that the pipeline makes masks and that the global branch draws defects."""
 import json
 
 import torch
@@ -43,15 +54,23 @@ def test_reduced_demo_runs_and_keeps_its_metrics(tmp_path, capsys):
     assert set(load_checkpoint(out / "checkpoints" / "demo_no_saim.safetensors").components) == {"unet_lora", "text_encoder_lora"}
     assert "saim" in load_checkpoint(out / "checkpoints" / "demo_saim.safetensors").components
     saim = report["saim"]
-    # floors: measured values of this reduced run minus a margin (see the README's demo section)
-    assert saim["nonempty_mask_share"] >= FLOORS["nonempty_mask_share"], saim
-    assert saim["alignment_iou"] >= FLOORS["alignment_iou"], saim
-    assert saim["global_defect_share"] >= FLOORS["global_defect_share"], saim
+    # floors: measured values of this reduced run with a margin (module docstring)
+    assert saim["alignment_iou"] >= FLOORS["alignment_iou"], f"SAIM no longer aligns the pair: {saim}"
     assert saim["alignment_iou"] - report["no_saim"]["alignment_iou"] >= FLOORS["saim_gain"], report
+    assert saim["nonempty_mask_share"] >= FLOORS["nonempty_mask_share"], saim
+    assert saim["global_defect_share"] >= FLOORS["global_defect_share"], saim
     assert report["saim"]["pairs"] == report["no_saim"]["pairs"] == 16
 
 
-FLOORS = {"nonempty_mask_share": 0.6, "alignment_iou": 0.03, "global_defect_share": 0.5, "saim_gain": 0.03}
+FLOORS = {
+    # the SAIM check: 0.058 with SAIM, 0.014 with a SAIM that lets no pair interact, 0.0 without SAIM;
+    # 0.03 sits at the geometric mean of 0.058 and 0.014, a factor 2 from each
+    "alignment_iou": 0.03,
+    "saim_gain": 0.03,  # alignment IoU over the ablation's: 0.058 measured, 0.014 with the broken SAIM
+    # sanity floors, not SAIM checks (met without SAIM, 14/16, or with the broken SAIM, 14/16 and 14/16)
+    "nonempty_mask_share": 0.6,  # 15/16 measured: the anomaly branch draws defects that give masks
+    "global_defect_share": 0.5,  # 12/16 measured (1/16 without SAIM): the global branch draws defects
+}
 
 
 def test_metrics_score_the_worlds_own_defects_as_perfect_and_shifted_masks_lower():

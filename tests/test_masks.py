@@ -383,9 +383,32 @@ def test_sam_refine_one_box_per_component(tiny_sam, monkeypatch):
 
 
 def test_extract_masks_sam_end_to_end(tiny_sam):
+    import torch.nn.functional as F
+
     img, _ = synth("blob", 64, 64)
     r = extract_masks(img[None], "sam", sam=tiny_sam, grow_px=1)
     assert r.binary.shape == (1, 1, 64, 64) and r.empty == [False]
+    # the same masks computed here with SAM's own end-to-end forward (no SamPredictor): the box of the
+    # grey-threshold component grown by 4 px, single-mask output cut to the box, then grown by 1 px
+    coarse = threshold_mask(img[None]).binary[0, 0]
+    ys, xs = torch.nonzero(coarse, as_tuple=True)
+    x0, y0 = max(int(xs.min()) - 4, 0), max(int(ys.min()) - 4, 0)
+    x1, y1 = min(int(xs.max()) + 5, 64), min(int(ys.max()) + 5, 64)
+    out = tiny_sam([{"image": img * 255, "original_size": (64, 64),
+                     "boxes": torch.tensor([[x0, y0, x1, y1]], dtype=torch.float32)}], multimask_output=False)[0]
+    with torch.no_grad():
+        logits = tiny_sam.postprocess_masks(out["low_res_logits"], (64, 64), (64, 64))[0, 0]
+    inside = torch.zeros(64, 64)
+    inside[y0:y1, x0:x1] = 1
+    hit = out["masks"][0, 0].float() * inside
+    assert 0 < hit.sum() < inside.sum(), "the tiny SAM must cut something out of the box, not all of it"
+    soft = torch.sigmoid(logits - tiny_sam.mask_threshold) * inside
+
+    def grow(m):  # 1 px, 8-neighbourhood
+        return F.max_pool2d(m[None, None], 3, stride=1, padding=1)[0, 0]
+
+    torch.testing.assert_close(r.binary[0, 0], grow(hit))
+    torch.testing.assert_close(r.soft[0, 0], grow(soft), atol=1e-5, rtol=1e-4)
 
 
 def _without_segment_anything():

@@ -116,41 +116,59 @@ def test_strengths_zero_give_the_base_model(ckpt_dir):
     torch.testing.assert_close(ours, plain, atol=2e-5, rtol=1e-5)
 
 
-def test_reference_checkpoint_loads_directly(ckpt_dir):
-    """A reference-layout file named pytorch_lora_weights.safetensors loads without conversion."""
+def _lora_product(patch):
+    """up @ down of one of ComfyUI's LoRA patches (a LoRAAdapter in 2025, a ("lora", (up, down, ...))
+    tuple in March 2024)."""
+    weights = patch.weights if hasattr(patch, "weights") else patch[1]
+    return weights[0].float() @ weights[1].float()
+
+
+@pytest.mark.parametrize("bcm", [False, True])
+def test_reference_checkpoint_loads_directly(pack, ckpt_dir, bcm):
+    """A reference-layout file named pytorch_lora_weights.safetensors loads without conversion and
+    gives what the method's spec computes. The file's keys are written from reference-method.md
+    section 7 by tests/reference_layout.py and the expected output comes from tests/spec_reference.py,
+    both independent of the converter."""
     import comfy.model_management
+    import folder_paths
     from safetensors.torch import save_file
 
-    from dualanodiff_core.checkpoint import load_checkpoint
+    from dual_fixtures import random_layers
+    from dualanodiff_core.diffusers_adapter import attention_modules, module_key
+    from reference_layout import reference_state_dict
+    from spec_reference import spec_forward
 
-    path, _ = write_checkpoint(ckpt_dir, "for_reference.safetensors", with_te=False)
-    ckpt = load_checkpoint(path)
-    ref = {}
-    for key, value in ckpt.tensors.items():
-        prefix, suffix = key.split(".attn", 1)
-        module = prefix + ".attn" + suffix[0]
-        name = suffix[2:]
-        if name.startswith("lora_"):
-            target, part = name[len("lora_"):].split(".")
-            for b in (0, 1):
-                ref[f"{module}.processor.to_{target}_lora.{b}.{part}.weight"] = value[b].contiguous()
-        elif name.startswith("saim.qkv."):
-            for which, chunk in zip("qkv", value.chunk(3)):
-                ref[f"{module}.processor.temporal_{which}.{name.rsplit('.', 1)[1]}"] = chunk.contiguous()
-        else:
-            old = {"saim.norm": "temporal_n", "saim.proj_in": "temporal_i", "saim.proj_out": "temporal_o"}
-            head, param = name.rsplit(".", 1)
-            ref[f"{module}.processor.{old[head]}.{param}"] = value.contiguous()
-    (ckpt_dir / "ref_model").mkdir(exist_ok=True)
-    save_file(ref, str(ckpt_dir / "ref_model" / "pytorch_lora_weights.safetensors"))
-    import folder_paths
-
+    unet = tiny_unet(seed=0)
+    layers = random_layers(unet, rank=4, saim=True, bcm=bcm, seed=17)
+    by_path = {p: layers[module_key(p)] for p in attention_modules(unet)}
+    gen = torch.Generator().manual_seed(19)
+    te_lora = {f"text_model.encoder.layers.{i}.self_attn.{proj}": (torch.randn(4, 768, generator=gen) * 0.01,
+                                                                    torch.randn(768, 4, generator=gen) * 0.01)
+               for i in range(12) for proj in ("q_proj", "k_proj", "v_proj", "out_proj")}
+    sd = reference_state_dict(by_path, bcm=bcm, te_lora=te_lora)
+    assert any(".processor.chained_proc.temporal_a" in k for k in sd) == bcm
+    name = f"ref_model_{int(bcm)}"
+    (ckpt_dir / name).mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(ckpt_dir / name / "pytorch_lora_weights.safetensors"))
     folder_paths.filename_list_cache.clear()
-    from_ref, _ = _patched_model("ref_model/pytorch_lora_weights.safetensors")
-    direct, _ = _patched_model("for_reference.safetensors")
-    x, ctx, t, _ = _inputs(1)
-    comfy.model_management.load_models_gpu([from_ref, direct])
+    patched, clip = _patched_model(f"{name}/pytorch_lora_weights.safetensors")
+
+    x, ctx, t, bg = _inputs(2)
+    comfy.model_management.load_models_gpu([patched])
+    options = patched.model_options["transformer_options"]
     with torch.no_grad():
-        a = _unet_call(from_ref)(x, t, ctx, from_ref.model_options["transformer_options"])
-        b = _unet_call(direct)(x, t, ctx, direct.model_options["transformer_options"])
-    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+        if bcm:
+            ours = pack_module(pack, "nodes.background").reference_then_main(
+                _unet_call(patched), x, t, {"c_crossattn": ctx, "transformer_options": options},
+                bg, {"c_crossattn": ctx[0::2]})
+        else:
+            ours = _unet_call(patched)(x, t, ctx, options)
+    expected = spec_forward(tiny_unet(seed=0), by_path, x, torch.tensor(500.0), ctx, background=bg if bcm else None)
+    plain = tiny_unet(seed=0)(x, torch.tensor(500.0), ctx).sample
+    assert (expected - plain).abs().max() > 1e-2  # the weights matter
+    torch.testing.assert_close(ours, expected, atol=2e-5, rtol=1e-5)
+    # the shared text-encoder LoRA: to_{q,k,v,out}_lora of layer n act on CLIP-L's {q,k,v,out}_proj of layer n
+    assert len(clip.patches) == 48
+    for module, (down, up) in te_lora.items():
+        key = f"clip_l.transformer.{module}.weight"
+        torch.testing.assert_close(_lora_product(clip.patches[key]), up @ down, atol=1e-6, rtol=1e-5)

@@ -58,16 +58,33 @@ def test_extract_mask_without_its_model_names_the_folder(ready, method, hint):
         harness.run_graph(_mask_graph(_anomaly_images(), method=method))
 
 
+def red_detector_u2netp() -> dict:
+    """u2netp.pth weights whose output is known: every conv zero and every batch norm the identity,
+    except one path that carries the (normalised) red channel from the input through stage1, stage1d
+    and side1 into the fused output, so d0 = sigmoid(relu(red)): a map that is high exactly where the
+    image is reddest and flat on a flat image."""
+    from dualanodiff_core.u2net import U2NETP
+
+    sd = U2NETP().state_dict()
+    for key, value in sd.items():
+        if key.endswith("running_var") or (".bn_s1." in key and key.endswith("weight")):
+            value.fill_(1.0)
+        elif value.is_floating_point():
+            value.zero_()
+    sd["stage1.rebnconvin.conv_s1.weight"][0, 0, 1, 1] = 1.0   # stage 1, channel 0 <- red
+    sd["stage1d.rebnconvin.conv_s1.weight"][0, 64, 1, 1] = 1.0  # decoder stage 1 <- its stage-1 skip
+    sd["side1.weight"][0, 0, 1, 1] = 1.0
+    sd["outconv.weight"][0, 0, 0, 0] = 1.0
+    return sd
+
+
 @pytest.fixture(scope="module")
 def u2net_file(ready):
     import folder_paths
 
-    from dualanodiff_core.u2net import U2NETP
-
-    torch.manual_seed(0)
     path = Path(folder_paths.get_folder_paths("u2net")[0]) / "u2netp.pth"
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(U2NETP().state_dict(), path)
+    torch.save(red_detector_u2netp(), path)
     folder_paths.filename_list_cache.clear()
     return path.name
 
@@ -75,14 +92,32 @@ def u2net_file(ready):
 def test_u2net_loader_feeds_masks_and_background(u2net_file):
     from workflow_fixtures import StubVAE
 
-    graph = _mask_graph(_anomaly_images(), method="u2net", u2net=["u2", 0])
+    images = _anomaly_images()
+    graph = _mask_graph(images, method="u2net", u2net=["u2", 0])
     graph["u2"] = {"class_type": "DualAnoDiffU2NetLoader", "inputs": {"model_name": u2net_file}}
     graph["vae"] = {"class_type": "HarnessVae", "inputs": {"key": harness.register(StubVAE())}}
     graph["bg"] = {"class_type": "DualAnoDiffBackground", "inputs": {"image": ["img", 0], "vae": ["vae", 0], "u2net": ["u2", 0]}}
     graph["bgc"] = {"class_type": "HarnessCaptureBackground", "inputs": {"value": ["bg", 0], "key": "bg"}}
+    graph["bgp"] = {"class_type": "HarnessCaptureImage", "inputs": {"value": ["bg", 1], "key": "bg_pixels"}}
     run = harness.run_graph(graph)
-    assert run.captured["mask"].shape == (2, 32, 32)
-    assert run.captured["bg"]["samples"].shape == (2, 4, 4, 4)
+    # the red detector finds exactly the red rectangle (threshold 0 = U-2-Net's default 0.5), and nothing
+    # on the flat grey image (a flat saliency map is never stretched into a mask)
+    expected = torch.zeros(2, 32, 32)
+    expected[0, 8:16, 8:20] = 1
+    torch.testing.assert_close(run.captured["mask"], expected)
+    # background: the salient object (the red rectangle) blacked out, everything else kept
+    pixels, bg = run.captured["bg_pixels"], run.captured["bg"]
+    ring = torch.zeros(32, 32, dtype=torch.bool)  # the rectangle's edge, 1 px either side: partly salient
+    ring[7:17, 7:21] = True
+    ring[9:15, 9:19] = False
+    far = torch.ones(32, 32, dtype=torch.bool)
+    far[7:17, 7:21] = False
+    torch.testing.assert_close(pixels[0][far], images[0][far])
+    torch.testing.assert_close(pixels[0, 9:15, 9:19], torch.zeros(6, 10, 3), atol=1e-3, rtol=0)
+    assert (pixels[0][ring] <= images[0][ring] + 1e-6).all() and (pixels[0][ring] >= 0).all()
+    torch.testing.assert_close(pixels[1], images[1])
+    torch.testing.assert_close(bg["samples"], StubVAE().encode(pixels))
+    torch.testing.assert_close(bg["zero"], StubVAE().encode(torch.full((1, 32, 32, 3), 0.5)))
 
 
 def test_missing_weights_name_folder_and_file(ready):
