@@ -10,7 +10,7 @@ import torch
 
 import harness
 from tiny_models import tiny_unet
-from workflow_fixtures import pack_module, write_checkpoint
+from workflow_fixtures import pack_module, with_attn2_replace, write_checkpoint
 
 SEED, STEPS, CFG = 3, 2, 2.0
 
@@ -41,13 +41,7 @@ def _scaled_attn2(model, factor=1.7):
     def replace(q, k, v, extra_options):
         return optimized_attention(q, k, v, extra_options["n_heads"]) * factor
 
-    patched = model.clone()
-    for name, module in patched.model.diffusion_model.named_modules():
-        if type(module).__name__ == "BasicTransformerBlock":
-            parts = name.split(".")
-            block = ("middle", 0) if parts[0] == "middle_block" else (parts[0].split("_")[0], int(parts[1]))
-            patched.set_model_attn2_replace(replace, block[0], block[1], int(parts[-1]))
-    return patched
+    return with_attn2_replace(model, replace)
 
 
 def _unet(model, x, t, ctx):

@@ -103,13 +103,18 @@ class ForeignAttentionReplace:
         def ip_adapter_like(q, k, v, extra_options):
             return optimized_attention(q, k, v, extra_options["n_heads"])
 
-        patched = model.clone()
-        for name, module in patched.model.diffusion_model.named_modules():
-            if type(module).__name__ == "BasicTransformerBlock":
-                parts = name.split(".")
-                block = ("middle", 0) if parts[0] == "middle_block" else (parts[0].split("_")[0], int(parts[1]))
-                patched.set_model_attn2_replace(ip_adapter_like, block[0], block[1], int(parts[-1]))
-        return (patched,)
+        return (with_attn2_replace(model, ip_adapter_like),)
+
+
+def with_attn2_replace(model, replace):
+    """A clone of the MODEL with ``replace`` as the attn2 replace patch of every transformer block."""
+    patched = model.clone()
+    for name, module in patched.model.diffusion_model.named_modules():
+        if type(module).__name__ == "BasicTransformerBlock":
+            parts = name.split(".")
+            block = ("middle", 0) if parts[0] == "middle_block" else (parts[0].split("_")[0], int(parts[1]))
+            patched.set_model_attn2_replace(replace, block[0], block[1], int(parts[-1]))
+    return patched
 
 
 def tiny_controlnet(model_patcher, seed: int = 9):
