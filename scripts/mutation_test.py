@@ -70,7 +70,8 @@ MODULES = {
     },
     "sampling_nodes": {  # ComfyUI conditioning and sampling glue; needs a ComfyUI copy
         "path": "nodes/sampling.py",
-        "tests": ["tests/comfyui/test_nodes_sampling.py"],
+        "tests": ["tests/comfyui/test_branch_conditioning.py", "tests/comfyui/test_bad_input_nodes.py",
+                  "tests/comfyui/test_composition.py", "tests/comfyui/test_nodes_sampling.py"],
         "comfyui": True,
     },
 }
@@ -483,7 +484,8 @@ def _select(mutants: list, max_mutants: int | None, only: set | None, seed: int)
     return sorted(random.Random(seed).sample(mutants, max_mutants), key=lambda m: m.id)
 
 
-def run_module(name: str, spec: dict, args, tree: Path, runner: Runner, logs: Path) -> dict:
+def run_module(name: str, spec: dict, args, tree: Path, runner: Runner, logs: Path, results: list) -> dict:
+    """Mutate one module; its result is in ``results`` from the start, so an interrupted run still reports."""
     path = tree / spec["path"]
     original = path.read_text(encoding="utf-8")
     functions = spec.get("functions")
@@ -495,6 +497,7 @@ def run_module(name: str, spec: dict, args, tree: Path, runner: Runner, logs: Pa
     result = {"module": name, "path": spec["path"], "tests": tests, "functions": functions, "line_regex": line_regex,
               "mutants_total": len(mutants), "mutants_run": 0, "killed": 0, "timeout": 0, "survived": 0,
               "error": 0, "score": None, "baseline_seconds": None, "seconds": 0.0, "survivors": [], "mutants": []}
+    results.append(result)
     if args.list:
         result["mutants"] = [asdict(m) for m in chosen]
         return result
@@ -511,6 +514,7 @@ def run_module(name: str, spec: dict, args, tree: Path, runner: Runner, logs: Pa
     timeout = max(args.min_timeout, args.timeout_factor * base)
     print(f"[{name}] {len(chosen)} of {len(mutants)} mutants; baseline {base:.1f} s, timeout {timeout:.0f} s",
           flush=True)
+    result["interrupted"] = True  # until the loop ends
     try:
         for k, m in enumerate(chosen, 1):
             code, applied = mutated_source(original, m.id, functions, line_regex)
@@ -535,6 +539,7 @@ def run_module(name: str, spec: dict, args, tree: Path, runner: Runner, logs: Pa
                 result["survivors"].append(asdict(m))
             print(f"[{name}] {k}/{len(chosen)} #{m.id} L{m.line} {m.kind}: {m.status} ({dt:.0f} s)"
                   + (f"  {m.before!r} -> {m.after!r}" if m.status == "survived" else ""), flush=True)
+        result["interrupted"] = False
     finally:
         path.write_text(original, encoding="utf-8")
         result["seconds"] = round(time.perf_counter() - t_module, 1)
@@ -579,6 +584,7 @@ def main(argv=None) -> int:
         env["DUALANODIFF_COMFYUI"] = str(Path(args.comfyui).resolve())
     runner = None
     results = []
+    interrupted = False
     began = time.perf_counter()
 
     def on_term(signum, frame):
@@ -594,8 +600,9 @@ def main(argv=None) -> int:
                 results.append({"module": name, "path": spec["path"],
                                 "skipped": "needs a ComfyUI copy: --comfyui PATH or DUALANODIFF_COMFYUI"})
                 continue
-            results.append(run_module(name, spec, args, tree, runner, logs))
+            run_module(name, spec, args, tree, runner, logs, results)
     except KeyboardInterrupt:
+        interrupted = True
         print("interrupted: the checkout was never touched; the temporary copy is removed", file=sys.stderr)
         if runner is not None:
             runner.stop()
@@ -614,7 +621,8 @@ def main(argv=None) -> int:
                     continue
                 score = "-" if r["score"] is None else f"{r['score']:.1%}"
                 print(f"{r['module']:<16}  {score:>6}  {r['killed']:>6}  {r['timeout']:>7}  {r['survived']:>8}  "
-                      f"{r['error']:>5}  {r['mutants_run']:>3}/{r['mutants_total']:<5}  {r['seconds']:>8}")
+                      f"{r['error']:>5}  {r['mutants_run']:>3}/{r['mutants_total']:<5}  {r['seconds']:>8}"
+                      + ("  (interrupted)" if r.get("interrupted") else ""))
                 for m in r["survivors"]:
                     print(f"    survived #{m['id']} L{m['line']} {m['kind']}: {m['before']!r} -> {m['after']!r}")
             print(f"total {total} s")
@@ -624,7 +632,7 @@ def main(argv=None) -> int:
             print(f"kept {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":

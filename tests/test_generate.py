@@ -1,4 +1,5 @@
-"""`dualanodiff generate`: layouts, manifest, seeds, resume, BCM backgrounds, bad names."""
+"""`dualanodiff generate`: layouts and manifest, pixels against a direct computation, seeds, resume (also split
+over processes), BCM backgrounds. Bad input: tests/test_bad_input.py."""
 import json
 
 import numpy as np

@@ -199,7 +199,7 @@ def test_stock_samplers_with_pair_helpers_match_the_diffusers_reference(keys, du
     if sampler == "SamplerCustomAdvanced":
         harness.load_extra_nodes("nodes_custom_sampler")
         if "SamplerCustomAdvanced" not in nodes.NODE_CLASS_MAPPINGS:
-            pytest.skip("SamplerCustomAdvanced does not exist in this ComfyUI copy")
+            pytest.skip("SamplerCustomAdvanced does not exist in this ComfyUI copy (the March-2024 copy predates it; it has only SamplerCustom)")
     lat_g, lat_a = _latents(10, 2), _latents(11, 2)
     stock = harness.run_graph(_stock_graph(keys, sampler, lat_g, lat_a))
     assert_same_sampling(_pairs(stock), _reference(keys, dual, interleave_rows(lat_g, lat_a)))
