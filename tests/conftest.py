@@ -16,3 +16,14 @@ def tiny_sd(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mvtec_bottle(tmp_path_factory):
     return write_mvtec_category(tmp_path_factory.mktemp("mvtec") / "bottle", n=6)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny detectors run fastest on one CPU thread (two thrash on a shared machine); restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,11 +11,8 @@ from dualanodiff_core.evaluation.training import DetectorConfig, Scored, selecti
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(before)
 
 
 def test_detector_shapes_and_widths():
