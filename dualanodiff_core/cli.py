@@ -212,6 +212,28 @@ def run_evaluate(args) -> int:
     return cli_args.run(args)
 
 
+def _add_reproduce(sub) -> None:
+    from .reproduce import cli_args
+
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper's MVTec AD table by one command: train, generate and evaluate every defect type",
+        description="For each category and defect type of an MVTec AD root: train a model (the reference's "
+        "settings and data pipeline), generate the reference's sample count, evaluate each category with the "
+        "paper's detector protocol beside the baselines, and write table.md in the paper's layout with the paper's "
+        "numbers beside ours. Resumable at every stage; --dry-run prints the plan and estimated device hours. "
+        "Several GPUs: accelerate launch --multi_gpu --num_processes N -m dualanodiff_core.cli reproduce ...",
+    )
+    cli_args.add_arguments(p)
+    p.set_defaults(run=run_reproduce)
+
+
+def run_reproduce(args) -> int:
+    from .reproduce import cli_args
+
+    return cli_args.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -227,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_export(sub)
     _add_evaluate(sub)
+    _add_reproduce(sub)
     parser.commands = sub.choices
     return parser
 

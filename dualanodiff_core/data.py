@@ -3,6 +3,13 @@
 Targets follow the reference: global = the image in [-1, 1]; anomaly = image * binary mask, so the
 anomaly image's background is 0 in [-1, 1] space (mid-grey). Flips are shared by image, mask and
 background.
+
+Resampling to the training resolution (``RESAMPLING``): ``bilinear``, the reference's (image and mask
+bilinear, the mask then kept where it is >= 0.5), or ``bicubic`` (image bicubic, mask nearest).
+Flips per category (``FLIP_RULES``): ``reference`` flips every category horizontally and vertically
+except ``cable``, whose wire colour order is part of "normal"; ``orientation`` also leaves ``metal_nut``
+(a mirrored nut *is* its ``flip`` defect) and ``transistor`` (an upside-down part looks ``misplaced``)
+unflipped; ``hv`` flips everything; ``none`` nothing.
 """
 from __future__ import annotations
 
@@ -16,6 +23,22 @@ from .errors import DualAnoDiffError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 SPLITS = ("floor", "reference")
+RESAMPLING = ("bilinear", "bicubic")
+# (horizontal, vertical) flips by category; categories not listed flip both ways
+FLIP_RULES = {
+    "reference": {"cable": (False, False)},
+    "orientation": {"cable": (False, False), "metal_nut": (False, False), "transistor": (False, False)},
+    "hv": {},
+    "none": None,
+}
+
+
+def flips_for(rule: str, category: str | None) -> tuple:
+    """(horizontal, vertical) flips allowed for ``category`` (None: folder data, no category) under ``rule``."""
+    if rule not in FLIP_RULES:
+        raise DualAnoDiffError(f"unknown flip rule {rule!r}; choose one of {', '.join(FLIP_RULES)}")
+    table = FLIP_RULES[rule]
+    return (False, False) if table is None else table.get(category or "", (True, True))
 
 
 class DataError(DualAnoDiffError):
@@ -82,18 +105,27 @@ def folder_pairs(images: Path, masks: Path) -> list:
     return pairs
 
 
-def _load_rgb(path: Path, size: int) -> np.ndarray:
+def _filters(resample: str):
+    from PIL import Image
+
+    if resample not in RESAMPLING:
+        raise DualAnoDiffError(f"unknown resampling {resample!r}; choose one of {', '.join(RESAMPLING)}")
+    return (Image.BILINEAR, Image.BILINEAR) if resample == "bilinear" else (Image.BICUBIC, Image.NEAREST)
+
+
+def _load_rgb(path: Path, size: int, resample: str = "bilinear") -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
-        return np.asarray(_resize_crop(im.convert("RGB"), size, Image.BICUBIC), dtype=np.float32) / 255.0
+        return np.asarray(_resize_crop(im.convert("RGB"), size, _filters(resample)[0]), dtype=np.float32) / 255.0
 
 
-def _load_mask(path: Path, size: int) -> np.ndarray:
+def _load_mask(path: Path, size: int, resample: str = "bilinear") -> np.ndarray:
+    """Binary mask at ``size``: kept where the resampled mask is >= 0.5 (128 of 255)."""
     from PIL import Image
 
     with Image.open(path) as im:
-        return (np.asarray(_resize_crop(im.convert("L"), size, Image.NEAREST)) > 127).astype(np.float32)
+        return (np.asarray(_resize_crop(im.convert("L"), size, _filters(resample)[1])) > 127).astype(np.float32)
 
 
 def _resize_crop(im, size: int, resample):
@@ -147,11 +179,11 @@ class PairTensors:
     """All training pairs in memory at one resolution: images in [-1, 1], masks in {0, 1},
     optional backgrounds (object removed) in [-1, 1]. Few-shot data is small."""
 
-    def __init__(self, pairs: list, resolution: int, object_masks: list | None = None):
+    def __init__(self, pairs: list, resolution: int, object_masks: list | None = None, resample: str = "bilinear"):
         check_pairs(pairs)
         self.pairs = pairs
-        self.images = torch.from_numpy(np.stack([_load_rgb(p.image, resolution) for p in pairs])).permute(0, 3, 1, 2) * 2 - 1
-        self.masks = torch.from_numpy(np.stack([_load_mask(p.mask, resolution) for p in pairs])).unsqueeze(1)
+        self.images = torch.from_numpy(np.stack([_load_rgb(p.image, resolution, resample) for p in pairs])).permute(0, 3, 1, 2) * 2 - 1
+        self.masks = torch.from_numpy(np.stack([_load_mask(p.mask, resolution, resample) for p in pairs])).unsqueeze(1)
         self.backgrounds = None
         if object_masks is not None:
             obj = torch.stack([torch.as_tensor(m, dtype=torch.float32).reshape(1, resolution, resolution) for m in object_masks])

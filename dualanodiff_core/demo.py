@@ -12,6 +12,10 @@ anomaly image, D_i = :func:`demo_world.defect_pixels` of G_i, the defect the wor
   ``nonempty_mask_share`` instead). 0 when no pair qualifies.
 - ``nonempty_mask_share``: share of pairs whose extracted mask is non-empty.
 - ``global_defect_share``: share of pairs whose global image shows defect pixels.
+- ``defect_area_ratio``: mean defect area of the global images (D_i) over the mean area of the
+  few-shot training masks: 1 when generated defects are as large as the training defects.
+- ``stray_defect_colour``: share of all defect-colour pixels of the global images (D_i pooled) that lie
+  outside their extracted masks M_i: defect colour smeared where the mask does not say "defect".
 - ``diversity``: mean over all pairs i < j of non-empty masks of 1 - IoU(M_i, M_j): 0 when every
   generated defect sits in the same place with the same shape, 1 when no two overlap at all (the
   training masks' own value is reported as ``diversity_of_training_masks`` for scale). None with
@@ -125,17 +129,23 @@ def diversity(masks) -> float | None:
     return float(np.mean(d))
 
 
-def metrics(samples: dict) -> dict:
-    """The module docstring's metrics for one model's samples."""
+def metrics(samples: dict, training_masks=None) -> dict:
+    """The module docstring's metrics for one model's samples (``training_masks``: the few-shot
+    masks, for the defect area ratio)."""
+    from .demo_stages import defect_area_ratio, stray_defect_colour
+
     masks, found = samples["mask"], demo_world.defect_pixels(samples["image"])
     scored = [demo_world.iou(m, d) for m, d in zip(masks, found) if m.any() or d.any()]
-    return {
+    out = {
         "alignment_iou": round(float(np.mean(scored)) if scored else 0.0, 4),
         "nonempty_mask_share": round(float(np.mean([m.any() for m in masks])), 4),
         "global_defect_share": round(float(np.mean([d.any() for d in found])), 4),
         "diversity": None if (v := diversity(masks)) is None else round(v, 4),
-        "pairs": len(masks),
+        "stray_defect_colour": round(stray_defect_colour(samples["image"], masks), 4),
     }
+    if training_masks is not None:
+        out["defect_area_ratio"] = round(defect_area_ratio(samples["image"], training_masks), 4)
+    return {**out, "pairs": len(masks)}
 
 
 def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -217,7 +227,7 @@ def run(cfg: DemoConfig) -> dict:
         root = _generate(cfg, ckpt, out / "samples" / variant)
         t2 = time.perf_counter()
         results[variant] = read_samples(root, cfg.pairs)
-        report[variant] = {**metrics(results[variant]), "checkpoint": str(ckpt),
+        report[variant] = {**metrics(results[variant], training), "checkpoint": str(ckpt),
                            "train_seconds": round(t1 - t0, 1), "generate_seconds": round(t2 - t1, 1)}
     if cfg.evaluate:
         report["downstream"] = _downstream(cfg, out)

@@ -5,13 +5,15 @@ import argparse
 from pathlib import Path
 
 from . import checks
-from .data import SPLITS
+from .data import FLIP_RULES, RESAMPLING, SPLITS
 from .errors import DualAnoDiffError
 
 # Settings a resumable checkpoint was taken with; resuming with others would train a different model.
 RESUME_SETTINGS = ("mvtec", "defect", "split", "images", "masks", "base_model", "rank", "no_text_encoder_lora",
                    "no_saim", "bcm", "object_masks", "prompt_global", "prompt_anomaly", "lr", "weight_decay",
-                   "max_grad_norm", "pairs_per_step", "resolution", "no_flip", "seed", "mixed_precision")
+                   "max_grad_norm", "pairs_per_step", "resolution", "flip", "resample", "batches", "seed",
+                   "mixed_precision")
+BATCHES = ("random", "epoch")
 
 
 def _split(value: str):
@@ -57,7 +59,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (default: 1.0)")
     opt.add_argument("--pairs-per-step", type=int, default=None, help="pairs per step and process (default: 4, or 2 with --bcm)")
     opt.add_argument("--resolution", type=int, default=512, help="training resolution in pixels (default: 512)")
-    opt.add_argument("--no-flip", action="store_true", help="disable the shared random horizontal/vertical flips")
+    opt.add_argument("--flip", choices=tuple(FLIP_RULES), default="reference", help="shared random horizontal/vertical "
+                     "flips by category: reference = all categories but cable (the reference's rule, default), "
+                     "orientation = also not metal_nut and transistor (their flip/misplaced defects are orientations), "
+                     "hv = always, none = never; folder data (--images) flips unless none")
+    opt.add_argument("--no-flip", dest="flip", action="store_const", const="none", help="the same as --flip none")
+    opt.add_argument("--resample", choices=RESAMPLING, default="bilinear", help="resizing to --resolution: bilinear "
+                     "image and mask, mask kept where >= 0.5 (the reference's, default), or bicubic image and "
+                     "nearest-neighbour mask")
+    opt.add_argument("--batches", choices=BATCHES, default="random", help="how pairs are drawn: random = each step "
+                     "draws --pairs-per-step pairs with replacement (default), epoch = shuffled passes over the pairs "
+                     "in steps of --pairs-per-step, the last step of a pass taking what is left (the reference's "
+                     "DataLoader)")
     opt.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same run (default: 0)")
     opt.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
                      help="frozen weights and activations in fp16/bf16, trained weights in fp32 (default: no)")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
 from .base_model import place
-from .data import PairTensors, folder_pairs, load_object_masks, mvtec_pairs
+from .data import PairTensors, flips_for, folder_pairs, load_object_masks, mvtec_pairs
 from .diffusers_adapter import DualAnoDiffUNet, attention_modules, build_layers, module_key
 from .image_io import grid, save_png
 from .sampling import encode_prompts, latent_scale, make_scheduler, sample_pairs, vae_decode, vae_encode
@@ -32,6 +32,20 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, 
 
 def step_generator(seed: int, step: int, process: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + process)
+
+
+def batch_indices(args, n_pairs: int, step: int, process: int, g: torch.Generator) -> torch.Tensor:
+    """Which pairs train at ``step``: drawn with replacement from ``g`` (``--batches random``), or the
+    step's slice of a shuffled pass over all pairs (``epoch``; the pass's order depends only on seed,
+    pass and process, so a resumed run draws what an uninterrupted one would)."""
+    size = args.pairs_per_step
+    if args.batches == "random":
+        return torch.randint(n_pairs, (size,), generator=g)
+    per_pass = math.ceil(n_pairs / size)
+    order = torch.randperm(n_pairs, generator=torch.Generator().manual_seed(
+        2 ** 40 + (args.seed * 1_000_003 + step // per_pass) * 1_009 + process))
+    start = (step % per_pass) * size
+    return order[start:start + size]
 
 
 def training_pairs(args) -> list:
@@ -56,7 +70,7 @@ def bcm_object_masks(args, pairs: list) -> list:
     from .u2net import load_u2net, saliency
 
     model = load_u2net(args.u2net)
-    images = torch.stack([torch.from_numpy(_load_rgb(p.image, args.resolution)).permute(2, 0, 1) for p in pairs])
+    images = torch.stack([torch.from_numpy(_load_rgb(p.image, args.resolution, args.resample)).permute(2, 0, 1) for p in pairs])
     with torch.no_grad():
         return list(saliency(model, images)[:, 0])
 
@@ -69,7 +83,9 @@ class DualTrainer:
         self.device = accelerator.device
         self.weight_dtype = DTYPES[args.mixed_precision]
         pairs = training_pairs(args) if pairs is None else pairs
-        self.data = PairTensors(pairs, args.resolution, bcm_object_masks(args, pairs) if args.bcm else None)
+        self.data = PairTensors(pairs, args.resolution, bcm_object_masks(args, pairs) if args.bcm else None,
+                                resample=args.resample)
+        self.flips = flips_for(args.flip, Path(args.mvtec).resolve().name if args.mvtec is not None else None)
         self.tokenizer = base.tokenizer
         self.scheduler_config = base.scheduler_config
         from diffusers import DDPMScheduler
@@ -103,11 +119,10 @@ class DualTrainer:
     def loss(self, step: int) -> torch.Tensor:
         args, acc = self.args, self.acc
         g = step_generator(args.seed, step, acc.process_index)
-        n = args.pairs_per_step
-        idx = torch.randint(len(self.data), (n,), generator=g)
+        idx = batch_indices(args, len(self.data), step, acc.process_index, g)
+        n = len(idx)
         flips = torch.rand(2, n, generator=g) < 0.5
-        if args.no_flip:
-            flips[:] = False
+        flips &= torch.tensor(self.flips)[:, None]
         batch = self.data.batch(idx, flips[0], flips[1])
         with torch.no_grad():
             pixels = torch.stack([batch["image"], batch["anomaly"]], dim=1).flatten(0, 1)  # interleaved pairs

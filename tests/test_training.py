@@ -86,3 +86,41 @@ def test_bad_data_stops_before_loading_anything_heavy(tiny_sd, tmp_path, capsys)
     assert main(["train", "--images", str(tmp_path / "img"), "--masks", str(tmp_path / "mask"), "--base-model",
                  str(tiny_sd), "--output-dir", str(tmp_path / "o")]) == 2
     assert "no training pairs found" in capsys.readouterr().err
+
+
+def test_epoch_batches_pass_over_every_pair_once_per_pass_and_resume_alike():
+    from argparse import Namespace
+
+    args = Namespace(batches="epoch", pairs_per_step=4, seed=3)
+    g = torch.Generator()
+    passes = [torch.cat([trainer_module.batch_indices(args, 7, s, 0, g) for s in range(2 * e, 2 * e + 2)]) for e in range(3)]
+    for p in passes:
+        assert sorted(p.tolist()) == list(range(7)), "each pass holds every pair once (4 + the 3 left)"
+    assert len({tuple(p.tolist()) for p in passes}) == 3, "each pass in its own order"
+    again = torch.cat([trainer_module.batch_indices(args, 7, s, 0, torch.Generator()) for s in (2, 3)])
+    assert torch.equal(again, passes[1]), "a step's pairs depend on seed, step and process only"
+    other = torch.cat([trainer_module.batch_indices(args, 7, s, 1, g) for s in (0, 1)])
+    assert not torch.equal(other, passes[0]), "processes draw their own passes"
+    random = trainer_module.batch_indices(Namespace(batches="random", pairs_per_step=4, seed=3), 7, 0, 0,
+                                          torch.Generator().manual_seed(1))
+    assert torch.equal(random, torch.randint(7, (4,), generator=torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("category, flip, expected", [("cable", "reference", False), ("bottle", "reference", True),
+                                                      ("bottle", "none", False)])
+def test_flips_reach_the_batches_by_category(tiny_sd, tmp_path, monkeypatch, category, flip, expected):
+    from dualanodiff_core.data import PairTensors
+    from synthetic_data import write_mvtec_category
+
+    data = write_mvtec_category(tmp_path / category, n=6)
+    seen = []
+    real_batch = PairTensors.batch
+
+    def record(self, indices, hflip, vflip):
+        seen.append(bool(hflip.any() or vflip.any()))
+        return real_batch(self, indices, hflip, vflip)
+
+    monkeypatch.setattr(PairTensors, "batch", record)
+    assert _train(tiny_sd, data, tmp_path / "run", "--steps", "4", "--flip", flip, "--validate-every", "0",
+                  "--checkpoint-every", "0", "--no-text-encoder-lora") == 0
+    assert any(seen) is expected and len(seen) == 4

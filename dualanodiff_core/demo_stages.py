@@ -1,0 +1,119 @@
+"""Where the demo loses quality, stage by stage: measurements that each isolate one stage.
+
+- VAE round trip: defect pixels found by colour before and after encode/decode, on world defect images
+  and on anomaly-branch targets (the defect on the mid-grey canvas).
+- Base model: do its unconditional samples show the world's objects? (:func:`shape_fidelity`)
+- Few-shot training and sampling: defect area and stray defect colour of generated global images,
+  against the training images (:func:`generated_stats`).
+- Mask extraction: the extracted mask against the anomaly image's own defect pixels, separately from
+  how well the two branches agree (:func:`extraction_stats`).
+
+Every function takes images as (N, H, W, 3) arrays in [0, 1] and returns plain floats.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import demo_world
+
+# Background pixels are grey (saturation below 0.12), objects and defects saturated (0.45 and more).
+OBJECT_SATURATION = 0.25
+
+
+def object_pixels(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool: pixels of an object (or a defect on it) rather than the grey background."""
+    images = np.asarray(images, np.float32)
+    hi, lo = images.max(-1), images.min(-1)
+    return (hi - lo) / np.maximum(hi, 1e-6) > OBJECT_SATURATION
+
+
+def shape_library(n: int = 4000, seed: int = 777) -> np.ndarray:
+    """Object masks of ``n`` world samples, (n, H*W) float32: every shape, size, rotation, position."""
+    rng = np.random.default_rng(seed)
+    return np.stack([demo_world.sample(rng).object_mask.reshape(-1) for _ in range(n)]).astype(np.float32)
+
+
+def shape_fidelity(images: np.ndarray, library: np.ndarray) -> np.ndarray:
+    """Per image, the IoU of its object pixels with the nearest world object mask in ``library``:
+    close to 1 for a world object, low for a blob or a ragged shape."""
+    found = object_pixels(images).reshape(len(images), -1).astype(np.float32)
+    inter = found @ library.T
+    union = found.sum(1, keepdims=True) + library.sum(1)[None] - inter
+    return (inter / np.maximum(union, 1)).max(1)
+
+
+def defect_area_ratio(generated: np.ndarray, training_masks) -> float:
+    """Mean defect area (by colour) of generated global images over the training masks' mean area."""
+    area = demo_world.defect_pixels(generated).reshape(len(generated), -1).sum(1).mean()
+    return float(area / np.mean([np.asarray(m).sum() for m in training_masks]))
+
+
+def stray_defect_colour(generated: np.ndarray, masks: np.ndarray) -> float:
+    """Share of the generated global images' defect-colour pixels that lie outside their extracted
+    masks, pooled over all pairs (0 when no image shows defect colour)."""
+    found = demo_world.defect_pixels(generated)
+    total = found.sum()
+    return float((found & ~np.asarray(masks, bool)).sum() / total) if total else 0.0
+
+
+def generated_stats(samples: dict, training_masks) -> dict:
+    return {"defect_area_ratio": round(defect_area_ratio(samples["image"], training_masks), 4),
+            "stray_defect_colour": round(stray_defect_colour(samples["image"], samples["mask"]), 4)}
+
+
+def extraction_stats(samples: dict) -> dict:
+    """Mask extraction apart from branch alignment: IoU(extracted mask, the anomaly image's own defect
+    pixels) and IoU(anomaly image's defect pixels, global image's defect pixels), each averaged over
+    pairs where either side is non-empty."""
+    fg_defect = demo_world.defect_pixels(samples["fg"])
+    g_defect = demo_world.defect_pixels(samples["image"])
+
+    def mean_iou(a, b):
+        scored = [demo_world.iou(x, y) for x, y in zip(a, b) if x.any() or y.any()]
+        return round(float(np.mean(scored)), 4) if scored else 0.0
+
+    return {"extraction_iou": mean_iou(samples["mask"], fg_defect), "branch_iou": mean_iou(fg_defect, g_defect)}
+
+
+@torch.no_grad()
+def vae_round_trip(vae, images: np.ndarray) -> np.ndarray:
+    """Images (N, H, W, 3) in [0, 1] through the VAE (posterior mean), back in [0, 1]."""
+    from .sampling import vae_decode, vae_encode
+
+    x = torch.from_numpy(np.asarray(images, np.float32)).permute(0, 3, 1, 2) * 2 - 1
+    return vae_decode(vae, vae_encode(vae, x)).permute(0, 2, 3, 1).numpy()
+
+
+def vae_defect_iou(vae, defect: str, n: int = 64, seed: int = 5) -> dict:
+    """Mean IoU of the defect found by colour before and after the VAE, on world defect images and on
+    the anomaly branch's targets (the defect alone on mid grey)."""
+    world = demo_world.samples(n, seed=seed, defect=defect)
+    images = np.stack([s.image for s in world])
+    masks = np.stack([s.mask for s in world])
+    anomaly = np.where(masks[..., None], images, 0.5).astype(np.float32)
+    out = {}
+    for name, x in (("global", images), ("anomaly", anomaly)):
+        after = demo_world.defect_pixels(vae_round_trip(vae, x))
+        out[name] = round(float(np.mean([demo_world.iou(a, b) for a, b in zip(demo_world.defect_pixels(x), after)])), 4)
+    return out
+
+
+@torch.no_grad()
+def base_samples(base, n: int = 64, steps: int = 25, guidance: float = 3.0, prompt: str = "a photo of an object",
+                 seed: int = 5) -> np.ndarray:
+    """Plain text-to-image samples of the base model (DDIM), (n, H, W, 3) in [0, 1]."""
+    from .sampling import encode_prompts, latent_scale, make_scheduler, vae_decode
+
+    emb = encode_prompts(base.tokenizer, base.text_encoder, [prompt, ""])
+    sched = make_scheduler("ddim", base.scheduler_config)
+    sched.set_timesteps(steps)
+    side = demo_world.SIZE // latent_scale(base.vae)
+    latents = torch.randn((n, base.unet.config.in_channels, side, side), generator=torch.Generator().manual_seed(seed))
+    latents = latents * sched.init_noise_sigma
+    for t in sched.timesteps:
+        out = base.unet(torch.cat([latents, latents]), t,
+                        torch.cat([emb[1:].expand(n, -1, -1), emb[:1].expand(n, -1, -1)])).sample
+        uncond, cond = out.chunk(2)
+        latents = sched.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
+    return vae_decode(base.vae, latents).permute(0, 2, 3, 1).numpy()

@@ -1,0 +1,177 @@
+"""What ``dualanodiff reproduce`` will run: per defect type a training and a generation, per category an
+evaluation, each a ``dualanodiff`` command with its own output folder, and whether it is already done.
+
+Layout under ``--output-dir``::
+
+    models/<category>/<defect>/<category>_<defect>.safetensors   (train; checkpoints/ while running)
+    samples/<category>/<defect>/{image,fg,mask}/, manifest.jsonl  (generate)
+    evaluation/<category>/metrics.json, report.md                (evaluate)
+    logs/<stage>.log                                             (each command's own output)
+    table.md, table.json                                         (the paper-layout table)
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DualAnoDiffError
+
+GOOD = "good"
+
+
+@dataclass
+class ReproduceConfig:
+    """Everything a reproduction needs; the defaults are the reference's settings."""
+    mvtec: Path
+    output_dir: Path
+    base_model: Path
+    categories: list | None = None       # None: every category folder under mvtec
+    defects: list | None = None          # None: every defect type of each category
+    split: str = "floor"
+    # training (the reference's train.sh: rank 32, lr 2e-5, 5000 steps, 4 pairs, 512 px, seed 32)
+    train_steps: int = 5000
+    rank: int = 32
+    lr: float = 2e-5
+    pairs_per_step: int = 4
+    resolution: int = 512
+    seed: int = 32
+    flip: str = "reference"
+    resample: str = "bilinear"
+    batches: str = "epoch"
+    # generation (the reference's: PNDM 100 steps, guidance 2.5, 500 pairs per defect type)
+    pairs: int = 500
+    sample_steps: int = 100
+    guidance: float = 2.5
+    mask_method: str = "threshold"
+    u2net: Path | None = None
+    # evaluation (the paper's detector protocol; selection on validation unless select_on_test)
+    select_on_test: bool = False
+    # extra options passed through to each command, e.g. "--cpu" or "--batch-size 8"
+    train_args: list = field(default_factory=list)
+    generate_args: list = field(default_factory=list)
+    evaluate_args: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Stage:
+    kind: str                 # train | generate | evaluate
+    category: str
+    defect: str | None        # None for a category's evaluation
+    argv: tuple               # the dualanodiff command line after the command name
+    output: Path              # the file or folder that holds its result
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.category}" + (f"-{self.defect}" if self.defect else "")
+
+    def command(self) -> str:
+        return shlex.join(["dualanodiff", self.kind, *self.argv])
+
+
+def discover(mvtec: Path, categories: list | None, defects: list | None) -> dict:
+    """{category: [defect types]} of an MVTec AD root, checked against the names asked for."""
+    mvtec = Path(mvtec)
+    if not mvtec.is_dir():
+        raise DualAnoDiffError(f"--mvtec {mvtec}: no such folder (give the MVTec AD root, holding bottle/, cable/, ...)")
+    found = sorted(p.name for p in mvtec.iterdir() if (p / "test").is_dir())
+    if not found:
+        raise DualAnoDiffError(f"--mvtec {mvtec} holds no category folders with a test/ subfolder; give the MVTec AD "
+                               "root (for one category, give its parent and --categories NAME)")
+    missing = [c for c in categories or [] if c not in found]
+    if missing:
+        raise DualAnoDiffError(f"--categories: no category {', '.join(map(repr, missing))} in {mvtec}; "
+                               f"available: {', '.join(found)}")
+    plan = {}
+    for c in categories or found:
+        types = sorted(p.name for p in (mvtec / c / "test").iterdir() if p.is_dir() and p.name != GOOD)
+        plan[c] = [d for d in types if defects is None or d in defects]
+    unknown = [d for d in defects or [] if not any(d in v for v in plan.values())]
+    if unknown:
+        raise DualAnoDiffError(f"--defects: no defect type {', '.join(map(repr, unknown))} in the chosen categories")
+    empty = [c for c, v in plan.items() if not v]
+    if empty:
+        raise DualAnoDiffError(f"--defects leaves no defect type in {', '.join(empty)}; choose --categories too")
+    return plan
+
+
+def model_dir(cfg: ReproduceConfig, category: str, defect: str) -> Path:
+    return Path(cfg.output_dir) / "models" / category / defect
+
+
+def model_file(cfg: ReproduceConfig, category: str, defect: str) -> Path:
+    return model_dir(cfg, category, defect) / f"{category}_{defect}.safetensors"
+
+
+def samples_root(cfg: ReproduceConfig) -> Path:
+    return Path(cfg.output_dir) / "samples"
+
+
+def evaluation_dir(cfg: ReproduceConfig, category: str) -> Path:
+    return Path(cfg.output_dir) / "evaluation" / category
+
+
+def train_argv(cfg: ReproduceConfig, category: str, defect: str) -> list:
+    return ["--mvtec", str(Path(cfg.mvtec) / category), "--defect", defect, "--split", str(cfg.split),
+            "--base-model", str(cfg.base_model), "--output-dir", str(model_dir(cfg, category, defect)),
+            "--name", f"{category}_{defect}", "--steps", str(cfg.train_steps), "--rank", str(cfg.rank),
+            "--lr", str(cfg.lr), "--pairs-per-step", str(cfg.pairs_per_step), "--resolution", str(cfg.resolution),
+            "--seed", str(cfg.seed), "--flip", cfg.flip, "--resample", cfg.resample, "--batches", cfg.batches,
+            *cfg.train_args]
+
+
+def generate_argv(cfg: ReproduceConfig, category: str, defect: str) -> list:
+    extra = ["--u2net", str(cfg.u2net)] if cfg.u2net is not None and cfg.mask_method != "threshold" else []
+    return ["--base-model", str(cfg.base_model), "--checkpoint", str(model_file(cfg, category, defect)),
+            "--output-dir", str(samples_root(cfg)), "--object", category, "--defect", defect,
+            "-n", str(cfg.pairs), "--scheduler", "pndm", "--steps", str(cfg.sample_steps),
+            "--guidance", str(cfg.guidance), "--resolution", str(cfg.resolution), "--mask-method", cfg.mask_method,
+            *extra, *cfg.generate_args]
+
+
+def evaluate_argv(cfg: ReproduceConfig, category: str, defects: list) -> list:
+    return ["--mvtec", str(Path(cfg.mvtec) / category), "--defects", *defects, "--split", str(cfg.split),
+            "--synthetic", f"DualAnoDiff={samples_root(cfg)}", "--output-dir", str(evaluation_dir(cfg, category)),
+            *(["--select-on-test"] if cfg.select_on_test else []), *cfg.evaluate_args]
+
+
+def build_plan(cfg: ReproduceConfig) -> list:
+    """Stages in run order: each defect type's training then generation, then each category's evaluation."""
+    found = discover(cfg.mvtec, cfg.categories, cfg.defects)
+    stages = []
+    for category, defects in found.items():
+        for d in defects:
+            stages.append(Stage("train", category, d, tuple(train_argv(cfg, category, d)), model_file(cfg, category, d)))
+            stages.append(Stage("generate", category, d, tuple(generate_argv(cfg, category, d)),
+                                samples_root(cfg) / category / d))
+    for category, defects in found.items():
+        stages.append(Stage("evaluate", category, None, tuple(evaluate_argv(cfg, category, defects)),
+                            evaluation_dir(cfg, category) / "metrics.json"))
+    return stages
+
+
+def status(stage: Stage, cfg: ReproduceConfig) -> str:
+    """``done``, ``partial`` (a resumable start exists) or ``pending``, from the files alone."""
+    if stage.kind == "train":
+        from ..train_checkpoints import checkpoint_dirs
+
+        if stage.output.is_file():
+            return "done"
+        return "partial" if checkpoint_dirs(stage.output.parent) else "pending"
+    if stage.kind == "generate":
+        from ..generate import read_manifest
+
+        done = len(read_manifest(stage.output)) if stage.output.is_dir() else 0
+        return "done" if done >= cfg.pairs else "partial" if done else "pending"
+    if stage.output.is_file():
+        return "done"
+    return "partial" if stage.output.parent.is_dir() else "pending"
+
+
+def resume_flags(stage: Stage, cfg: ReproduceConfig) -> list:
+    """What a stage needs to continue a partial run instead of refusing it."""
+    from ..train_checkpoints import checkpoint_dirs
+
+    if stage.kind == "train" and not stage.output.is_file() and checkpoint_dirs(stage.output.parent):
+        return ["--resume", "latest"]
+    return []
