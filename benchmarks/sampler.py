@@ -105,6 +105,7 @@ def main() -> None:
     from dualanodiff_core.base_model import BUNDLED_CONFIG, _read_json
     from dualanodiff_core.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
     from dualanodiff_core.diffusers_adapter import DualAnoDiffUNet, attention_modules, module_key
+    from dualanodiff_core.dtypes import torch_dtype
 
     pack = harness.load_pack(REPO)
     import importlib
@@ -112,7 +113,7 @@ def main() -> None:
     loading = importlib.import_module(pack.__name__ + ".nodes.loading")
     sampling = importlib.import_module(pack.__name__ + ".nodes.sampling")
 
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    dtype = torch_dtype(args.dtype)
     device = comfy.model_management.get_torch_device()
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**_read_json(BUNDLED_CONFIG / "unet" / "config.json")).eval()

@@ -5,9 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .dtypes import NAMES as DTYPES, torch_dtype as _torch_dtype
 from .errors import DualAnoDiffError
-
-DTYPES = ("fp16", "bf16", "fp32")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -15,12 +14,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\nRun '{self.prog} --help' for the options.\n")
-
-
-def _torch_dtype(name: str):
-    import torch
-
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
 
 
 def _add_convert(sub) -> None:

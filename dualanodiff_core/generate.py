@@ -16,8 +16,13 @@ from pathlib import Path
 import torch
 
 from . import checks
+from .dtypes import torch_dtype
 from .errors import DualAnoDiffError
+from .mask_methods import MASK_METHODS, METHODS, check_mask_method
 from .sampling import SCHEDULERS
+
+CLI_MODEL_HINTS = {"u2net": "--u2net FILE (u2net.pth or u2netp.pth)",
+                   "sam": "--sam FILE (sam_vit_b_01ec64.pth, sam_vit_l or sam_vit_h)"}
 
 # Settings a dataset folder is made with; continuing it with others would mix two datasets.
 RUN_SETTINGS = ("checkpoint", "base_model", "scheduler", "steps", "guidance", "resolution", "mask_method",
@@ -43,9 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "needs a BCM checkpoint and --u2net or --object-masks")
     p.add_argument("--u2net", type=Path, help="u2net.pth/u2netp.pth to cut the object out of the backgrounds")
     p.add_argument("--object-masks", type=Path, help="object masks for --backgrounds, named like the images")
-    p.add_argument("--mask-method", choices=("threshold", "u2net", "sam"), default="threshold",
-                   help="how masks are cut out of the anomaly image: threshold (distance from mid-grey, no weights), "
-                   "u2net (needs --u2net), sam (needs --sam) (default: threshold)")
+    p.add_argument("--mask-method", choices=METHODS, default="threshold",
+                   help="how masks are cut out of the anomaly image: " + "; ".join(
+                       f"{m.name}: {m.summary}" + (f" (needs {', '.join('--' + n for n in m.needs)})" if m.needs else "")
+                       for m in MASK_METHODS.values()) + " (default: threshold)")
     p.add_argument("--mask-threshold", type=float, default=None, help="binarisation threshold (default: 0.1 for "
                    "threshold, 0.5 for u2net)")
     p.add_argument("--sam", type=Path, help="segment-anything checkpoint (sam_vit_b/l/h) for --mask-method sam")
@@ -81,7 +87,7 @@ def _device_dtype(args, accelerator):
     device = accelerator.device
     if args.dtype == "auto":
         return device, torch.float16 if device.type == "cuda" else torch.float32
-    return device, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    return device, torch_dtype(args.dtype)
 
 
 def _background_latents(args, vae, size: int) -> torch.Tensor:
@@ -154,14 +160,11 @@ def check_arguments(args) -> None:
     for flag in ("u2net", "sam"):
         if getattr(args, flag):
             checks.input_file(getattr(args, flag), f"--{flag}")
-    if args.mask_method == "u2net" and not args.u2net:
-        raise DualAnoDiffError("--mask-method u2net needs --u2net FILE (u2net.pth or u2netp.pth)")
-    if args.mask_method == "sam" and not args.sam:
-        raise DualAnoDiffError("--mask-method sam needs --sam FILE (sam_vit_b_01ec64.pth, sam_vit_l or sam_vit_h)")
+    method = check_mask_method(args.mask_method, {k for k in ("u2net", "sam") if getattr(args, k)}, CLI_MODEL_HINTS,
+                               f"--mask-method {args.mask_method}")
     if args.backgrounds and not (args.u2net or args.object_masks):
         raise DualAnoDiffError("--backgrounds needs --u2net FILE or --object-masks DIR to cut the object out")
-    if (args.u2net or args.object_masks) and not args.backgrounds and args.mask_method != "u2net" \
-            and not (args.mask_method == "sam" and args.u2net):
+    if (args.u2net or args.object_masks) and not args.backgrounds and not (args.u2net and "u2net" in method.uses):
         raise DualAnoDiffError("--u2net/--object-masks given but unused: they cut the object out of --backgrounds "
                                "(or make masks with --mask-method u2net)")
 
@@ -210,9 +213,9 @@ def generate(args) -> Path:
     out = Path(args.output_dir)
     todo = [i for i in range(args.num_pairs) if i not in run.done][acc.process_index::acc.num_processes]
     sam = u2net = None
-    if args.mask_method == "sam":
+    if "sam" in MASK_METHODS[args.mask_method].uses:
         sam = _load_sam(args.sam)
-    if args.mask_method in ("u2net", "sam") and args.u2net:
+    if args.u2net and "u2net" in MASK_METHODS[args.mask_method].uses:
         from .u2net import load_u2net
 
         u2net = load_u2net(args.u2net)

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DualAnoDiffError
+from .mask_methods import MASK_METHODS, METHODS, check_mask_method  # noqa: F401  (re-exported)
 from .u2net import DEFAULT_FLOOR, saliency
 
-METHODS = ("threshold", "u2net", "sam")
 
 
 @dataclass
@@ -329,13 +329,8 @@ def extract_masks(images: torch.Tensor, method: str = "threshold", *, u2net=None
     (:func:`threshold_mask`, :func:`u2net_mask`). Then ``grow_px`` dilates (negative erodes) both masks
     and ``blur_px`` softens the soft mask (:func:`grow_and_blur`).
     """
-    if method not in METHODS:
-        raise DualAnoDiffError(f"unknown mask method {method!r}; choose one of {', '.join(METHODS)}")
+    check_mask_method(method, {k for k, v in (("u2net", u2net), ("sam", sam)) if v is not None})
     images = to_bchw(images)
-    if method == "u2net" and u2net is None:
-        raise DualAnoDiffError("mask method 'u2net' needs a U-2-Net model (load u2net.pth / u2netp.pth)")
-    if method == "sam" and sam is None:
-        raise DualAnoDiffError("mask method 'sam' needs a Segment Anything model")
     cleanup = {k: v for k, v in dict(open_px=open_px, close_px=close_px, fill_holes=fill_holes,
                                      min_area=min_area).items() if v is not None}
     if threshold is not None:

@@ -23,11 +23,11 @@ from .image_io import grid, save_png
 from .sampling import encode_prompts, latent_scale, make_scheduler, sample_pairs, vae_decode, vae_encode
 from .text_encoder_lora import add_text_encoder_lora, text_encoder_lora_tensors
 from . import checks
+from .dtypes import torch_dtype
 from .errors import DualAnoDiffError
 from .processes import announce
 from .train_checkpoints import checkpoint_dirs, load_training_checkpoint, read_state, resolve_resume, save_training_checkpoint
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "no": torch.float32}
 
 
 def step_generator(seed: int, step: int, process: int) -> torch.Generator:
@@ -81,7 +81,7 @@ class DualTrainer:
     def __init__(self, args, accelerator, base, pairs: list | None = None):
         self.args, self.acc = args, accelerator
         self.device = accelerator.device
-        self.weight_dtype = DTYPES[args.mixed_precision]
+        self.weight_dtype = torch_dtype(args.mixed_precision)
         pairs = training_pairs(args) if pairs is None else pairs
         self.data = PairTensors(pairs, args.resolution, bcm_object_masks(args, pairs) if args.bcm else None,
                                 resample=args.resample)
@@ -190,7 +190,7 @@ class DualTrainer:
                 tensors[f"text_encoder.{module}.up"] = up
         prompts = {"global": self.args.prompt_global, "anomaly": self.args.prompt_anomaly, "negative": ""}
         ckpt = DualAnoDiffCheckpoint(tensors, make_metadata(self.args.rank, components, prompts, provenance))
-        return save_checkpoint(Path(self.args.output_dir) / f"{name}.safetensors", ckpt, dtype=DTYPES[self.args.save_dtype])
+        return save_checkpoint(Path(self.args.output_dir) / f"{name}.safetensors", ckpt, dtype=torch_dtype(self.args.save_dtype))
 
 
 def run_config(args) -> dict:

@@ -44,10 +44,14 @@ class DualAnoDiffExtractMask:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from ..dualanodiff_core.mask_methods import MASK_METHODS
+
         return {
             "required": {
                 "anomaly_image": ("IMAGE", {"tooltip": "Decoded anomaly-part images (the Paired KSampler's 'anomaly' output)."}),
-                "method": (["threshold", "u2net", "sam"], {"default": "threshold", "tooltip": "threshold: distance from mid-grey, no weights. u2net: the reference's saliency mask (needs u2net). sam: coarse mask refined by Segment Anything (needs sam)."}),
+                "method": (list(MASK_METHODS), {"default": "threshold", "tooltip": " ".join(
+                    f"{m.name}: {m.summary}" + (f" (needs the {', '.join(m.needs)} input)." if m.needs else ".")
+                    for m in MASK_METHODS.values())}),
                 "threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip": "0 = the method's default (0.1 grey distance for threshold, 0.5 saliency for u2net)."}),
                 "grow": ("INT", {"default": 0, "min": -64, "max": 64, "tooltip": "Pixels to grow (negative: shrink) the mask."}),
                 "blur": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 64.0, "step": 0.5, "tooltip": "Blur radius in pixels of the soft mask (the binary mask is never blurred)."}),

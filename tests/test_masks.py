@@ -436,3 +436,40 @@ def test_missing_packages_say_what_to_install(monkeypatch, blocked, hint):
     finally:
         monkeypatch.undo()
         _restore(saved)
+
+
+def test_one_table_of_mask_methods_feeds_the_cli_and_the_node():
+    import argparse
+
+    from dualanodiff_core.generate import add_arguments
+    from dualanodiff_core.masks import MASK_METHODS, check_mask_method
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    action = next(a for a in p._actions if a.dest == "mask_method")
+    assert tuple(action.choices) == tuple(MASK_METHODS)
+    for m in MASK_METHODS.values():
+        assert m.summary in action.help and set(m.needs) <= set(m.uses)
+        check_mask_method(m.name, set(m.needs))  # what it needs is enough
+    with pytest.raises(DualAnoDiffError, match="--mask-method sam needs --sam FILE"):
+        check_mask_method("sam", {"u2net"}, {"sam": "--sam FILE", "u2net": "--u2net FILE"}, "--mask-method sam")
+
+
+@pytest.mark.parametrize("depth, variant", [(12, "vit_b"), (24, "vit_l"), (32, "vit_h")])
+def test_sam_variant_comes_from_the_image_encoder_depth(depth, variant):
+    from dualanodiff_core.sam_loader import sam_variant
+
+    state = {f"image_encoder.blocks.{i}.attn.qkv.weight": None for i in range(depth)}
+    state["mask_decoder.iou_token.weight"] = None
+    assert sam_variant(state) == variant
+
+
+def test_sam_loader_refuses_missing_and_foreign_files(tmp_path):
+    from dualanodiff_core.sam_loader import load_sam
+
+    with pytest.raises(DualAnoDiffError, match="SAM checkpoint not found"):
+        load_sam(tmp_path / "sam_vit_b_01ec64.pth")
+    torch.save({"image_encoder.blocks.0.attn.qkv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    pytest.importorskip("segment_anything")
+    with pytest.raises(DualAnoDiffError, match="not a segment-anything checkpoint"):
+        load_sam(tmp_path / "other.pth")
