@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from . import checks
+from .dataset_layout import check_names, mvtec_paths, pair_paths
 from .dtypes import torch_dtype
 from .errors import DualAnoDiffError
 from .mask_methods import MASK_METHODS, METHODS, check_mask_method
@@ -75,11 +76,9 @@ def read_manifest(root: Path) -> dict:
 
 
 def sample_paths(out: Path, obj: str, defect: str, i: int, mvtec: bool) -> dict:
-    root = out / obj / defect
-    paths = {"image": root / "image" / f"{i}.png", "fg": root / "fg" / f"{i}.png", "mask": root / "mask" / f"{i}.png"}
+    paths = pair_paths(out, obj, defect, i)
     if mvtec:
-        paths["mvtec_image"] = out / obj / "test" / defect / f"{i:03d}.png"
-        paths["mvtec_mask"] = out / obj / "ground_truth" / defect / f"{i:03d}_mask.png"
+        paths.update({f"mvtec_{role}": path for role, path in mvtec_paths(out, obj, defect, i).items()})
     return paths
 
 
@@ -143,8 +142,7 @@ def recorded_settings(done: dict) -> dict:
 
 def check_arguments(args) -> None:
     """Every rule on the arguments alone (no file is read): names, numbers, paths and what they are."""
-    checks.folder_name(args.object, "--object")
-    checks.folder_name(args.defect, "--defect")
+    check_names(args.object, args.defect, args.mvtec_layout, "--object", "--defect")
     for flag in ("num_pairs", "batch_size", "steps"):
         checks.at_least(getattr(args, flag), 1, f"--{flag.replace('_', '-')}")
     checks.resolution(args.resolution)

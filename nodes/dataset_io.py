@@ -1,9 +1,7 @@
 """Writing generated pairs as a dataset under ComfyUI's output folder, never overwriting.
 
-Layouts, under ``<output>/<folder>/<object>/``:
-- ``pairs``: ``<defect>/image/<i>.png`` (global), ``<defect>/fg/<i>.png`` (anomaly part),
-  ``<defect>/mask/<i>.png`` (the reference's generated-data layout).
-- ``mvtec``: ``test/<defect>/<iii>.png`` and ``ground_truth/<defect>/<iii>_mask.png`` (MVTec AD).
+Layouts (``pairs``, ``mvtec`` or both) under ``<output>/<folder>/``, as
+``dualanodiff_core/dataset_layout.py`` describes them (the layout ``generate`` writes too).
 Numbering continues after the highest index present. Every written sample appends one JSON line
 to ``<output>/<folder>/manifest.jsonl``.
 """
@@ -12,16 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import time
 
 import torch
 
 from ..dualanodiff_core.checks import folder_name
+from ..dualanodiff_core.dataset_layout import LAYOUTS, check_names, mvtec_folders, mvtec_paths, next_index, pair_folders, pair_paths
 from ..dualanodiff_core.errors import DualAnoDiffError
-
-LAYOUTS = ("pairs", "mvtec", "both")
-_INDEX = re.compile(r"^(\d+)(?:_mask)?\.png$")
 
 
 def check_name(kind: str, value: str) -> str:
@@ -38,17 +33,6 @@ def check_folder(output_dir: str, folder: str) -> str:
     if os.path.commonpath([root, target]) != root:
         raise DualAnoDiffError(f"folder {folder!r} leads outside ComfyUI's output folder")
     return target
-
-
-def _next_index(*folders: str) -> int:
-    highest = -1
-    for folder in folders:
-        if os.path.isdir(folder):
-            for name in os.listdir(folder):
-                m = _INDEX.match(name)
-                if m:
-                    highest = max(highest, int(m[1]))
-    return highest + 1
 
 
 def _png_bytes(array: torch.Tensor) -> bytes:
@@ -94,9 +78,7 @@ def save_dataset(output_dir: str, folder: str, object_name: str, defect_name: st
     """Write every sample of the batch; returns one manifest record per sample."""
     if layout not in LAYOUTS:
         raise DualAnoDiffError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    obj, defect = check_name("object", object_name), check_name("defect", defect_name)
-    if layout in ("mvtec", "both") and defect.lower() == "good":
-        raise DualAnoDiffError("defect name 'good' is MVTec's name for normal images; pick the defect's name")
+    obj, defect = check_names(object_name.strip(), defect_name.strip(), layout in ("mvtec", "both"))
     n = images_global.shape[0]
     if images_anomaly.shape[0] != n or masks.reshape(-1, *masks.shape[-2:]).shape[0] != n:
         raise DualAnoDiffError(
@@ -106,11 +88,8 @@ def save_dataset(output_dir: str, folder: str, object_name: str, defect_name: st
     root = check_folder(output_dir, folder)
     os.makedirs(root, exist_ok=True)
     masks = _as_masks(masks, images_global.shape[1:3])
-    pairs_dir = os.path.join(root, obj, defect)
-    test_dir = os.path.join(root, obj, "test", defect)
-    truth_dir = os.path.join(root, obj, "ground_truth", defect)
-    next_pairs = _next_index(*(os.path.join(pairs_dir, d) for d in ("image", "fg", "mask")))
-    next_mvtec = _next_index(test_dir, truth_dir)
+    next_pairs = next_index(pair_folders(root, obj, defect).values())
+    next_mvtec = next_index(mvtec_folders(root, obj, defect).values())
 
     records = []
     for i in range(n):
@@ -122,13 +101,11 @@ def save_dataset(output_dir: str, folder: str, object_name: str, defect_name: st
         record = {"object": obj, "defect": defect, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "mask_empty": not bool(masks[i].any())}
         if layout in ("pairs", "both"):
-            index, paths = _write_group(files, next_pairs, lambda k: {
-                r: os.path.join(pairs_dir, r, f"{k}.png") for r in ("image", "fg", "mask")})
+            index, paths = _write_group(files, next_pairs, lambda k: pair_paths(root, obj, defect, k))
             next_pairs = index + 1
             record["pairs"] = {"index": index, **{r: os.path.relpath(p, root) for r, p in paths.items()}}
         if layout in ("mvtec", "both"):
-            index, paths = _write_group(files, next_mvtec, lambda k: {
-                "image": os.path.join(test_dir, f"{k:03d}.png"), "mask": os.path.join(truth_dir, f"{k:03d}_mask.png")})
+            index, paths = _write_group(files, next_mvtec, lambda k: mvtec_paths(root, obj, defect, k))
             next_mvtec = index + 1
             record["mvtec"] = {"index": index, **{r: os.path.relpath(p, root) for r, p in paths.items()}}
         records.append(record)
