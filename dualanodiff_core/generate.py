@@ -191,73 +191,113 @@ def prepare(args) -> GenerateRun:
     return GenerateRun(args, ckpt, root, guidance, settings, done)
 
 
-def generate(args) -> Path:
-    run = prepare(args)
-    from accelerate import Accelerator
+@dataclass
+class Sampler:
+    """Everything loaded for sampling: models, prompts, backgrounds, mask models (``load``)."""
+
+    dual: object
+    vae: object
+    scheduler_config: dict
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    noise_schedule: object
+    backgrounds: torch.Tensor | None
+    zero: torch.Tensor | None
+    u2net: object
+    sam: object
+
+
+def load(run: GenerateRun, device, dtype) -> Sampler:
+    """Models and everything sampling reads, on ``device`` in ``dtype``."""
     from diffusers import DDPMScheduler
-    from tqdm.auto import tqdm
 
     from .base_model import load_base_model, place
     from .diffusers_adapter import load_dual_unet
-    from .image_io import save_png
-    from .masks import extract_masks
-    from .processes import announce
-    from .sampling import encode_prompts, latent_scale, make_scheduler, sample_pairs, vae_decode, vae_encode
+    from .sampling import encode_prompts, vae_encode
 
-    ckpt, guidance, obj, defect = run.checkpoint, run.guidance, args.object, args.defect
-    acc = Accelerator(cpu=args.cpu)
-    announce(acc, "generate")
-    device, dtype = _device_dtype(args, acc)
-    out = Path(args.output_dir)
-    todo = [i for i in range(args.num_pairs) if i not in run.done][acc.process_index::acc.num_processes]
-    sam = u2net = None
-    if "sam" in MASK_METHODS[args.mask_method].uses:
-        sam = _load_sam(args.sam)
-    if args.u2net and "u2net" in MASK_METHODS[args.mask_method].uses:
+    args, ckpt = run.args, run.checkpoint
+    method = MASK_METHODS[args.mask_method]
+    sam = _load_sam(args.sam) if "sam" in method.uses else None
+    u2net = None
+    if args.u2net and "u2net" in method.uses:
         from .u2net import load_u2net
 
         u2net = load_u2net(args.u2net)
-
     base = load_base_model(args.base_model, args.tokenizer, args.comfyui, args.model_config)
     unet, vae, te = (place(m, device, dtype) for m in (base.unet, base.vae, base.text_encoder))
     dual = load_dual_unet(unet, ckpt, text_encoder=te)
     prompts = ckpt.prompts
     with torch.no_grad():
         emb = encode_prompts(base.tokenizer, te, [prompts["global"], prompts["anomaly"], prompts["negative"]])
-    cond, uncond = emb[:2], emb[2:].expand(2, -1, -1)
     backgrounds = zero = None
-    noise_schedule = DDPMScheduler.from_config(base.scheduler_config)
     if args.backgrounds:
         backgrounds = _background_latents(args, vae, args.resolution)
         with torch.no_grad():
             zero = vae_encode(vae, torch.zeros(1, 3, args.resolution, args.resolution), scaled=False).float().cpu()
+    return Sampler(dual, vae, base.scheduler_config, emb[:2], emb[2:].expand(2, -1, -1),
+                   DDPMScheduler.from_config(base.scheduler_config), backgrounds, zero, u2net, sam)
 
+
+def sample(run: GenerateRun, sampler: Sampler, batch: list) -> tuple:
+    """Pairs ``batch`` (indices; pair i from seed SEED + i): decoded images, interleaved global/anomaly
+    (2B, 3, H, W) in [0, 1], and their masks (a ``MaskResult``)."""
+    from .masks import extract_masks
+    from .sampling import latent_scale, make_scheduler, sample_pairs, vae_decode
+
+    args = run.args
+    gens = [torch.Generator().manual_seed(args.seed + i) for i in batch]
+    bg = None if sampler.backgrounds is None else sampler.backgrounds[torch.tensor(batch) % len(sampler.backgrounds)]
+    latent = (args.resolution // latent_scale(sampler.vae),) * 2
+    latents = sample_pairs(sampler.dual, make_scheduler(args.scheduler, sampler.scheduler_config), sampler.cond,
+                           sampler.uncond, gens, latent, steps=args.steps, guidance=run.guidance, backgrounds=bg,
+                           zero_background=sampler.zero, noise_schedule=sampler.noise_schedule)
+    with torch.no_grad():
+        images = vae_decode(sampler.vae, latents)
+    masks = extract_masks(images[1::2], args.mask_method, u2net=sampler.u2net, sam=sampler.sam,
+                          threshold=args.mask_threshold)
+    return images, masks
+
+
+def write(run: GenerateRun, batch: list, images: torch.Tensor, masks, manifest: Path) -> None:
+    """The batch's files (only unfinished indices reach here) and then, per pair, its manifest line:
+    a pair counts as done once its line exists."""
+    from .image_io import save_png
+
+    args, out = run.args, Path(run.args.output_dir)
+    params = {k: v for k, v in run.settings.items() if k != "seed"} | {"run_seed": args.seed}
+    with manifest.open("a", encoding="utf-8") as log:
+        for k, i in enumerate(batch):
+            paths = sample_paths(out, args.object, args.defect, i, args.mvtec_layout)
+            files = {"image": images[2 * k], "fg": images[2 * k + 1], "mask": masks.binary[k],
+                     "mvtec_image": images[2 * k], "mvtec_mask": masks.binary[k]}
+            for key, path in paths.items():
+                save_png(files[key], path, overwrite=True)
+            entry = {"index": i, "seed": args.seed + i, "mask_empty": masks.empty[k],
+                     "files": {k2: str(p.relative_to(out)) for k2, p in paths.items()}, **params}
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
+
+
+def generate(args) -> Path:
+    """prepare (every check), load, then sample and write batch by batch; returns OUT/<object>/<defect>."""
+    run = prepare(args)
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from .processes import announce
+
+    acc = Accelerator(cpu=args.cpu)
+    announce(acc, "generate")
+    device, dtype = _device_dtype(args, acc)
+    todo = [i for i in range(args.num_pairs) if i not in run.done][acc.process_index::acc.num_processes]
+    sampler = load(run, device, dtype)
     manifest = run.root / ("manifest.jsonl" if acc.num_processes == 1 else f"manifest.part{acc.process_index}.jsonl")
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    params = {k: v for k, v in run.settings.items() if k != "seed"} | {"run_seed": args.seed}
-    bar = tqdm(total=len(todo), desc=f"generate {obj}/{defect}", disable=not acc.is_local_main_process)
-    latent = (args.resolution // latent_scale(vae),) * 2
+    bar = tqdm(total=len(todo), desc=f"generate {args.object}/{args.defect}", disable=not acc.is_local_main_process)
     for start in range(0, len(todo), args.batch_size):
         batch = todo[start:start + args.batch_size]
-        gens = [torch.Generator().manual_seed(args.seed + i) for i in batch]
-        bg = None if backgrounds is None else backgrounds[torch.tensor(batch) % len(backgrounds)]
-        latents = sample_pairs(dual, make_scheduler(args.scheduler, base.scheduler_config), cond, uncond, gens, latent,
-                               steps=args.steps, guidance=guidance, backgrounds=bg, zero_background=zero,
-                               noise_schedule=noise_schedule)
-        with torch.no_grad():
-            images = vae_decode(vae, latents)
-        masks = extract_masks(images[1::2], args.mask_method, u2net=u2net, sam=sam, threshold=args.mask_threshold)
-        with manifest.open("a", encoding="utf-8") as log:
-            for k, i in enumerate(batch):
-                paths = sample_paths(out, obj, defect, i, args.mvtec_layout)
-                files = {"image": images[2 * k], "fg": images[2 * k + 1], "mask": masks.binary[k],
-                         "mvtec_image": images[2 * k], "mvtec_mask": masks.binary[k]}
-                for key, path in paths.items():
-                    save_png(files[key], path, overwrite=True)  # only unfinished indices reach here
-                entry = {"index": i, "seed": args.seed + i, "mask_empty": masks.empty[k],
-                         "files": {k2: str(p.relative_to(out)) for k2, p in paths.items()}, **params}
-                log.write(json.dumps(entry) + "\n")
-                log.flush()
+        images, masks = sample(run, sampler, batch)
+        write(run, batch, images, masks, manifest)
         bar.update(len(batch))
     bar.close()
     acc.wait_for_everyone()
