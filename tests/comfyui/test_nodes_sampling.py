@@ -205,6 +205,22 @@ def test_stock_samplers_with_pair_helpers_match_the_diffusers_reference(keys, du
     assert_same_sampling(_pairs(stock), _reference(keys, dual, interleave_rows(lat_g, lat_a)))
 
 
+def test_denoise_below_one_reaches_the_sampler(keys):
+    """Paired KSampler at denoise 0.5 equals stock KSampler with the pair helpers at 0.5, and differs from 1.0."""
+    lat_g, lat_a = _latents(10, 2), _latents(11, 2)
+
+    def paired(denoise):
+        graph = _paired_sampler(_pair_latent_nodes(_base_graph(keys, n_pairs=2), lat_g, lat_a), latent=("pl", 0))
+        graph["ks"]["inputs"]["denoise"] = denoise
+        return _pairs(harness.run_graph(graph))
+
+    stock = _stock_graph(keys, "KSampler", lat_g, lat_a)
+    stock["ks"]["inputs"]["denoise"] = 0.5
+    half = paired(0.5)
+    assert_same_sampling(half, _pairs(harness.run_graph(stock)))
+    assert_changed(half, paired(1.0))
+
+
 def test_odd_batch_gets_a_clear_error(keys):
     graph = _base_graph(keys, n_pairs=3)
     graph["ks"] = {"class_type": "KSampler", "inputs": {
