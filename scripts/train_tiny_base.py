@@ -43,10 +43,10 @@ PROMPT = "a photo of an object"
 VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8, sample_size=64,
     down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-    block_out_channels=(32, 64, 64),
+    block_out_channels=(16, 32, 32),
 )
 UNET_CONFIG = dict(
-    sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(48, 96, 96),
+    sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64, 64),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     cross_attention_dim=64, attention_head_dim=4, norm_num_groups=8,
@@ -196,14 +196,11 @@ def preview(folder: Path, path: Path, n: int = 16) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "dualanodiff_core" / "demo_model", help="model folder to (re)write")
-    p.add_argument("--vae-steps", type=int, default=2500)
-    p.add_argument("--unet-steps", type=int, default=8000)
+    p.add_argument("--vae-steps", type=int, default=1000)
+    p.add_argument("--unet-steps", type=int, default=4000)
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--batch", type=int, default=32, help="UNet batch")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")
-    p.add_argument("--vae-only", action="store_true", help="train and write only the VAE (to OUT/vae), for --vae")
-    p.add_argument("--vae", type=Path, help="a folder written by --vae-only with the same --vae-* and --threads: "
-                   "its VAE is used instead of training one again (same weights as training it)")
     p.add_argument("--preview", type=Path, help="also write a PNG of base-model samples over world images")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -224,20 +221,7 @@ def main(argv=None) -> int:
     with torch.no_grad():
         context = text_encoder(ids)[0]
 
-    if args.vae:
-        from diffusers import AutoencoderKL
-        vae = AutoencoderKL.from_pretrained(args.vae, subfolder="vae", torch_dtype=torch.float32).eval().requires_grad_(False)
-        log(f"vae from {args.vae}")
-    else:
-        # through fp16 and back: the UNet learns the latents of the VAE that is shipped (fp16)
-        vae = train_vae(args.vae_steps, args.vae_batch, log).to(torch.float16).to(torch.float32)
-    if args.vae_only:
-        tmp.mkdir(parents=True, exist_ok=True)
-        vae.to(torch.float16).save_pretrained(tmp / "vae", safe_serialization=True)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-        log(f"wrote the VAE alone to {out / 'vae'}")
-        return 0
+    vae = train_vae(args.vae_steps, args.vae_batch, log)
     means, stds = encode_pool(vae, 2048)
     scale = float(1 / means.std())
     vae.register_to_config(scaling_factor=round(scale, 5))
