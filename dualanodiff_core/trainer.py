@@ -29,7 +29,6 @@ from .processes import announce
 from .train_checkpoints import checkpoint_dirs, load_training_checkpoint, read_state, resolve_resume, save_training_checkpoint
 
 
-
 def step_generator(seed: int, step: int, process: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + process)
 

@@ -66,9 +66,9 @@ def measure(cfg: ReproduceConfig, first_train: Stage, cpu: bool = False, repeats
     from ..train_args import parse_args
     from ..trainer import DualTrainer
 
-    args = parse_args([*first_train.argv[:first_train.argv.index("--output-dir")],
-                       "--output-dir", str(cfg.output_dir / "timing"), "--validate-every", "0",
-                       *first_train.argv[first_train.argv.index("--output-dir") + 2:], *(["--cpu"] if cpu else [])])
+    # later options win: the timing run writes nothing, but gets a folder of its own
+    args = parse_args([*first_train.argv, "--output-dir", str(cfg.output_dir / "timing"), "--validate-every", "0",
+                       *(["--cpu"] if cpu else [])])
     acc = Accelerator(cpu=cpu)
     trainer = DualTrainer(args, acc, load_base_model(args.base_model))
     step = iter(range(10 ** 6))
