@@ -47,8 +47,8 @@ class DemoConfig:
     defect: str = "scratch"
     shots: int = 8
     pairs: int = 64
-    steps: int = 400          # training steps per model
-    rank: int = 8
+    steps: int = 600          # training steps per model
+    rank: int = 16
     lr: float = 1e-3          # the reference's 2e-5 is meant for 5000 steps on SD 1.5
     pairs_per_step: int = 4
     sample_steps: int = 15    # DDIM
@@ -63,7 +63,7 @@ class DemoConfig:
 
 def write_few_shot(folder: Path, defect: str, shots: int, seed: int) -> tuple:
     """``folder/images/<i>.png`` and ``folder/masks/<i>.png`` from the world; returns both folders and
-    the masks."""
+    the world samples."""
     from PIL import Image
 
     images, masks = folder / "images", folder / "masks"
@@ -74,7 +74,7 @@ def write_few_shot(folder: Path, defect: str, shots: int, seed: int) -> tuple:
     for i, s in enumerate(world):
         Image.fromarray((s.image * 255 + 0.5).astype(np.uint8)).save(images / f"{i:03d}.png")
         Image.fromarray(s.mask.astype(np.uint8) * 255).save(masks / f"{i:03d}.png")
-    return images, masks, [s.mask for s in world]
+    return images, masks, world
 
 
 def _train(cfg: DemoConfig, images: Path, masks: Path, out: Path, saim: bool) -> Path:
@@ -155,7 +155,8 @@ def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def contact_sheet(results: dict, path: Path, rows: int = 8, scale: int = 2) -> Path:
-    """Per variant a block of ``rows`` pairs: global | anomaly | mask | overlay, variants side by side."""
+    """Per variant a block of ``rows`` pairs: global | anomaly | mask | overlay, variants side by side
+    (the first block can be the training pairs, for comparison)."""
     from PIL import Image, ImageDraw
 
     blocks = []
@@ -218,7 +219,10 @@ def run(cfg: DemoConfig) -> dict:
     check_config(cfg)
     began = time.perf_counter()
     out = Path(cfg.out)
-    images, masks, training = write_few_shot(out / "few_shot", cfg.defect, cfg.shots, cfg.seed)
+    images, masks, world = write_few_shot(out / "few_shot", cfg.defect, cfg.shots, cfg.seed)
+    training = [s.mask for s in world]
+    shots = {"image": np.stack([s.image for s in world]), "mask": np.stack(training)}
+    shots["fg"] = np.where(shots["mask"][..., None], shots["image"], 0.5).astype(np.float32)  # the anomaly branch's target
     results, report = {}, {}
     for variant in VARIANTS if cfg.ablation else VARIANTS[:1]:
         t0 = time.perf_counter()
@@ -231,7 +235,7 @@ def run(cfg: DemoConfig) -> dict:
                            "train_seconds": round(t1 - t0, 1), "generate_seconds": round(t2 - t1, 1)}
     if cfg.evaluate:
         report["downstream"] = _downstream(cfg, out)
-    sheet = contact_sheet(results, out / "contact_sheet.png")
+    sheet = contact_sheet({"training": shots, **results}, out / "contact_sheet.png")
     device = PartialState().device.type  # what the trainer and generator ran on
     summary = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
                "device": device, **report, "diversity_of_training_masks": diversity(training),

@@ -1,10 +1,11 @@
 """Where the demo loses quality, stage by stage: measurements that each isolate one stage.
 
 - VAE round trip: defect pixels found by colour before and after encode/decode, on world defect images
-  and on anomaly-branch targets (the defect on the mid-grey canvas).
+  and on anomaly-branch targets (the defect on the mid-grey canvas), and the alignment IoU that
+  perfectly aligned pairs keep through it (:func:`vae_alignment_ceiling`).
 - Base model: do its unconditional samples show the world's objects? (:func:`shape_fidelity`)
-- Few-shot training and sampling: defect area and stray defect colour of generated global images,
-  against the training images (:func:`generated_stats`).
+- Few-shot training and sampling: defect area, stray defect colour and how many pieces the defect is
+  broken into, in generated global images against the training images (:func:`generated_stats`).
 - Mask extraction: the extracted mask against the anomaly image's own defect pixels, separately from
   how well the two branches agree (:func:`extraction_stats`).
 
@@ -57,9 +58,22 @@ def stray_defect_colour(generated: np.ndarray, masks: np.ndarray) -> float:
     return float((found & ~np.asarray(masks, bool)).sum() / total) if total else 0.0
 
 
+def defect_pieces(images: np.ndarray) -> dict:
+    """How broken the defects are: over images that show defect colour, the mean number of its
+    8-connected pieces and the share of images whose defect is one piece (a world scratch: 1 and 1)."""
+    from .masks import label_components
+
+    labels = label_components(torch.from_numpy(demo_world.defect_pixels(images)), 8)
+    pieces = np.array([len(torch.unique(lab[lab > 0])) for lab in labels if (lab > 0).any()])
+    if not len(pieces):
+        return {"mean_pieces": 0.0, "one_piece_share": 0.0}
+    return {"mean_pieces": round(float(pieces.mean()), 4), "one_piece_share": round(float(np.mean(pieces == 1)), 4)}
+
+
 def generated_stats(samples: dict, training_masks) -> dict:
     return {"defect_area_ratio": round(defect_area_ratio(samples["image"], training_masks), 4),
-            "stray_defect_colour": round(stray_defect_colour(samples["image"], samples["mask"]), 4)}
+            "stray_defect_colour": round(stray_defect_colour(samples["image"], samples["mask"]), 4),
+            **defect_pieces(samples["image"])}
 
 
 def extraction_stats(samples: dict) -> dict:
@@ -87,16 +101,38 @@ def vae_round_trip(vae, images: np.ndarray) -> np.ndarray:
 
 def vae_defect_iou(vae, defect: str, n: int = 64, seed: int = 5) -> dict:
     """Mean IoU of the defect found by colour before and after the VAE, on world defect images and on
-    the anomaly branch's targets (the defect alone on mid grey)."""
+    the anomaly branch's targets (the defect alone on mid grey); for the world images also the defect
+    area after over before and :func:`defect_pieces` after."""
     world = demo_world.samples(n, seed=seed, defect=defect)
     images = np.stack([s.image for s in world])
     masks = np.stack([s.mask for s in world])
     anomaly = np.where(masks[..., None], images, 0.5).astype(np.float32)
     out = {}
     for name, x in (("global", images), ("anomaly", anomaly)):
-        after = demo_world.defect_pixels(vae_round_trip(vae, x))
+        decoded = vae_round_trip(vae, x)
+        after = demo_world.defect_pixels(decoded)
         out[name] = round(float(np.mean([demo_world.iou(a, b) for a, b in zip(demo_world.defect_pixels(x), after)])), 4)
+        if name == "global":
+            # how much thicker (area) and more broken (pieces) the VAE alone makes the defects
+            out["area_ratio"] = round(float(after.sum() / demo_world.defect_pixels(x).sum()), 4)
+            out["pieces"] = defect_pieces(decoded)
     return out
+
+
+def vae_alignment_ceiling(vae, defect: str, threshold: float, n: int = 64, seed: int = 5) -> float:
+    """The alignment IoU that perfectly aligned pairs reach after the VAE: world defect images and
+    their anomaly targets (the defect on mid grey) each go through encode/decode, the mask is cut out
+    of the decoded anomaly image as the demo cuts it, and compared with the decoded global image's
+    defect colour. What is left below it is lost by training and sampling, not by the autoencoder."""
+    from .masks import extract_masks
+
+    world = demo_world.samples(n, seed=seed, defect=defect)
+    images = np.stack([s.image for s in world])
+    anomaly = np.where(np.stack([s.mask for s in world])[..., None], images, 0.5).astype(np.float32)
+    decoded = torch.from_numpy(vae_round_trip(vae, anomaly)).permute(0, 3, 1, 2)
+    masks = extract_masks(decoded, "threshold", threshold=threshold).binary[:, 0].numpy() > 0.5
+    found = demo_world.defect_pixels(vae_round_trip(vae, images))
+    return round(float(np.mean([demo_world.iou(m, f) for m, f in zip(masks, found)])), 4)
 
 
 @torch.no_grad()
