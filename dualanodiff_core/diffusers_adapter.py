@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention_step import after_attention, key_value_input, lora_delta
 from .branch_math import GLOBAL
 from .layers import DualAttentionLayers
 from .passes import PLAIN_PASS, PassContext
@@ -85,25 +86,16 @@ class DualAnoDiffAttnProcessor:
         else:
             context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
 
-        if pass_ctx.reference:
-            if self.self_attention:
-                pass_ctx.background_tokens[self.path] = h
-            s = state.strengths.global_lora
-            lora = lambda target, x: layers.lora(target).branch_delta(x, GLOBAL, s)  # noqa: E731
-        else:
-            if self.self_attention and layers.bcm is not None and self.path in pass_ctx.background_tokens:
-                context = layers.bcm(h, pass_ctx.background_tokens[self.path])
-            scale = state.strengths.lora_scale(h)
-            lora = lambda target, x: layers.lora(target).delta(x, scale)  # noqa: E731
-
-        q = attn.to_q(h) + lora("q", h)
-        k = attn.to_k(context) + lora("k", context)
-        v = attn.to_v(context) + lora("v", context)
+        reference = pass_ctx.reference
+        if self.self_attention:
+            context = key_value_input(layers, h, context, pass_ctx, self.path)
+        s = state.strengths
+        q = attn.to_q(h) + lora_delta(layers, "q", h, s, reference)
+        k = attn.to_k(context) + lora_delta(layers, "k", context, s, reference)
+        v = attn.to_v(context) + lora_delta(layers, "v", context, s, reference)
         a = _multi_head_attention(attn, q, k, v, attention_mask)
-        out = attn.to_out[0](a) + lora("out", a)
-        out = attn.to_out[1](out)
-        if not pass_ctx.reference and layers.saim is not None:
-            out = layers.saim(out, state.strengths.saim)
+        out = attn.to_out[0](a) + lora_delta(layers, "out", a, s, reference)
+        out = after_attention(layers, attn.to_out[1](out), s, reference)
         if attn.residual_connection:
             out = out + hidden_states
         return out / attn.rescale_output_factor

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from ..dualanodiff_core.layers import DualAttentionLayers
+from .branch_projections import LORA_PROJECTIONS as LORA_LINEARS
 
 log = logging.getLogger("DualAnoDiff")
-from .branch_projections import LORA_PROJECTIONS as LORA_LINEARS
 
 
 def _key(site) -> tuple:

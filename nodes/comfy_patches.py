@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..dualanodiff_core.branch_math import GLOBAL
+from ..dualanodiff_core.attention_step import after_attention, key_value_input, lora_delta
 from ..dualanodiff_core.errors import DualAnoDiffError
 from ..dualanodiff_core.strengths import Strengths
 from .attention_sites import attention_sites, block_key
@@ -44,10 +44,7 @@ class DualPatchSet:
         layers = self.bank.get(block, attention, x)
         if layers is None:
             return None
-        lora = layers.lora(target)
-        if self.reference:  # BCM reference pass: the global branch's LoRA on every row
-            return lora.branch_delta(x, GLOBAL, self.strengths.global_lora)
-        return lora.delta(x, self.strengths.lora_scale(x))
+        return lora_delta(layers, target, x, self.strengths, self.reference)
 
 
 class _Patch:
@@ -90,25 +87,17 @@ class PrePatch(_Patch):
         layers = self.patch_set.bank.get(block, self.attention, n)
         if layers is None:
             return n, context, value
-        if reference:
-            state.background_tokens[block] = n
-        elif layers.bcm is not None and state.background_tokens:
-            h_ref = state.background_tokens.get(block)
-            if h_ref is None:
-                raise DualAnoDiffError(f"DualAnoDiff BCM: the reference pass recorded nothing for block {block}")
-            context = value = layers.bcm(n, h_ref.to(n.dtype))
+        fused = key_value_input(layers, n, context, state, block)
+        if fused is not context:
+            context = value = fused
         return n, context, value
 
 
 class OutputPatch(_Patch):
     def __call__(self, n, extra_options):
         ps = self.patch_set
-        if ps.reference or ps.strengths.saim == 0:
-            return n
         layers = ps.bank.get(block_key(extra_options), self.attention, n)
-        if layers is None or layers.saim is None:
-            return n
-        return layers.saim(n, ps.strengths.saim)
+        return n if layers is None else after_attention(layers, n, ps.strengths, ps.reference)
 
 
 def find_patch_set(model_patcher):
