@@ -104,7 +104,7 @@ def main() -> None:
 
     from dualanodiff_core.base_model import BUNDLED_CONFIG, _read_json
     from dualanodiff_core.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
-    from dualanodiff_core.diffusers_adapter import DualAnoDiffUNet, attention_modules, module_key
+    from dualanodiff_core.diffusers_adapter import DualAnoDiffUNet
     from dualanodiff_core.dtypes import torch_dtype
 
     pack = harness.load_pack(REPO)
@@ -121,13 +121,12 @@ def main() -> None:
     if dtype != torch.float32:
         comfy_model.model.diffusion_model.to(dtype)
         comfy_model.model.manual_cast_dtype = None
-    keys = {module_key(p_): p_ for p_ in attention_modules(unet)}
     ckpt_dir = Path(tempfile.mkdtemp())
     layers = {}
     for bcm in (False, True):
         layers[bcm] = random_layers(unet, bcm)
         comps = ["unet_lora", "saim"] + (["bcm"] if bcm else [])
-        ckpt = DualAnoDiffCheckpoint(layers_to_tensors(layers[bcm], keys), make_metadata(32, comps))
+        ckpt = DualAnoDiffCheckpoint(layers_to_tensors(layers[bcm]), make_metadata(32, comps))
         save_checkpoint(ckpt_dir / f"bcm{int(bcm)}.safetensors", ckpt, dtype=torch.float32)
     dual_comfy = {bcm: loading.load_dual_model(comfy_model, None, str(ckpt_dir / f"bcm{int(bcm)}.safetensors"),
                                                1.0, 1.0, 1.0, 1.0)[0] for bcm in (False, True)}

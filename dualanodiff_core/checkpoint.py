@@ -10,6 +10,7 @@ import torch
 
 from .errors import CheckpointError
 from .io_utils import atomic_save_safetensors
+from .layers import AttentionDims, expected_tensors, layer_path
 
 FORMAT_NAME = "dualanodiff"
 FORMAT_VERSION = 1
@@ -18,12 +19,6 @@ OTHER_FAMILIES = {1024: "sd2", 2048: "sdxl"}  # cross-attention width -> family 
 COMPONENTS = ("unet_lora", "saim", "bcm", "text_encoder_lora")
 DEFAULT_PROMPTS = {"global": "a vfx with sks", "anomaly": "sks", "negative": ""}
 
-LORA_SUFFIXES = tuple(f"lora_{t}.{p}" for t in ("q", "k", "v", "out") for p in ("down", "up"))
-SAIM_SUFFIXES = tuple(
-    f"saim.{m}.{p}" for m in ("norm", "proj_in", "qkv", "proj_out") for p in ("weight", "bias")
-)
-BCM_SUFFIXES = ("bcm.mlp_in.weight", "bcm.mlp_in.bias", "bcm.mlp_out.weight", "bcm.mlp_out.bias", "bcm.gamma")
-TE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 _UNET_KEY = re.compile(r"^unet\.(?P<path>.+\.attn[12])\.(?P<suffix>(lora_\w+|saim|bcm)\..+)$")
 _TE_KEY = re.compile(r"^text_encoder\.(?P<module>.+\.self_attn\.(q|k|v|out)_proj)\.(?P<part>down|up)$")
 
@@ -80,8 +75,10 @@ class DualAnoDiffCheckpoint:
                 out.setdefault(m["module"], {})[m["part"]] = value
         return {k: (v["down"], v["up"]) for k, v in out.items()}
 
-    def load_into_layers(self, layers: torch.nn.ModuleDict, keys_by_path: dict) -> None:
-        """Copy into ``layers`` (``{attention path: key in layers}``), checking keys and shapes."""
+    def load_into_layers(self, layers: torch.nn.ModuleDict) -> None:
+        """Copy into ``layers`` (keyed by ``layers.layer_key`` of the attention path), checking that the
+        file and the model have the same attention modules and widths."""
+        keys_by_path = {layer_path(key): key for key in layers}
         model_paths, file_paths = set(keys_by_path), set(self.attention_paths())
         if model_paths != file_paths:
             missing, unexpected = model_paths - file_paths, file_paths - model_paths
@@ -126,10 +123,10 @@ def make_metadata(
     }
 
 
-def layers_to_tensors(layers: torch.nn.ModuleDict, paths_by_key: dict) -> dict:
-    """Checkpoint tensors of trained layers (``{key in layers: attention path}``)."""
+def layers_to_tensors(layers: torch.nn.ModuleDict) -> dict:
+    """Checkpoint tensors of trained layers (keyed by ``layers.layer_key`` of the attention path)."""
     return {
-        f"unet.{paths_by_key[key]}.{name}": t.detach()
+        f"unet.{layer_path(key)}.{name}": t.detach()
         for key, module in layers.items()
         for name, t in module.state_dict().items()
     }
@@ -243,13 +240,9 @@ def _check_keys(ckpt: DualAnoDiffCheckpoint) -> None:
     if not paths:
         raise CheckpointError(f"{where} holds no UNet attention weights")
     expected = set()
-    for path in paths:
-        suffixes = list(LORA_SUFFIXES)
-        if ckpt.has("saim"):
-            suffixes += SAIM_SUFFIXES
-        if ckpt.has("bcm") and path.endswith("attn1"):
-            suffixes += BCM_SUFFIXES
-        expected |= {f"unet.{path}.{s}" for s in suffixes}
+    for path in paths:  # the names do not depend on the widths
+        names = expected_tensors(AttentionDims(path, 1, 1, 1), 1, ckpt.has("saim"), ckpt.has("bcm"))
+        expected |= {f"unet.{path}.{name}" for name in names}
     if ckpt.has("text_encoder_lora"):
         modules = {m["module"] for k in ckpt.tensors if (m := _TE_KEY.match(k))}
         if not modules:
@@ -267,31 +260,27 @@ def _check_keys(ckpt: DualAnoDiffCheckpoint) -> None:
         )
 
 
+def _dims_in_file(path: str, sd: dict) -> AttentionDims:
+    """The attention widths the file's LoRA was made for (read from its q and k LoRA)."""
+    up = sd["lora_q.up"]
+    return AttentionDims(path, query_dim=sd["lora_q.down"].shape[-1], context_dim=sd["lora_k.down"].shape[-1],
+                         inner_dim=up.shape[-2] if up.ndim >= 2 else -1)
+
+
 def _check_shapes(ckpt: DualAnoDiffCheckpoint) -> None:
-    where, rank, problems = ckpt._where(), ckpt.rank, []
+    """Every UNet tensor has the shape the layers built for the file's widths and rank have."""
+    where, problems = ckpt._where(), []
     for path in ckpt.attention_paths():
         sd = ckpt.layer_state_dict(path)
-        c = sd["lora_out.up"].shape[1] if sd["lora_out.up"].ndim == 3 else -1
-        expect = {}
-        for t in ("q", "k", "v", "out"):
-            down, up = sd[f"lora_{t}.down"], sd[f"lora_{t}.up"]
-            if down.ndim != 3 or up.ndim != 3 or down.shape[:2] != (2, rank) or up.shape[0] != 2 or up.shape[2] != rank:
-                problems.append(f"{path}.lora_{t}: down {tuple(down.shape)}, up {tuple(up.shape)} (rank {rank})")
-        if ckpt.has("saim"):
-            expect.update({"saim.norm.weight": (c,), "saim.norm.bias": (c,), "saim.proj_in.weight": (c, c),
-                           "saim.proj_in.bias": (c,), "saim.qkv.weight": (3 * c, c), "saim.qkv.bias": (3 * c,),
-                           "saim.proj_out.weight": (c, c), "saim.proj_out.bias": (c,)})
-        if ckpt.has("bcm") and path.endswith("attn1"):
-            hidden = sd["bcm.mlp_in.weight"].shape[0]
-            expect.update({"bcm.mlp_in.weight": (hidden, c), "bcm.mlp_in.bias": (hidden,),
-                           "bcm.mlp_out.weight": (c, hidden), "bcm.mlp_out.bias": (c,), "bcm.gamma": (1,)})
-        problems += [f"{path}.{k}: {tuple(sd[k].shape)} expected {s}" for k, s in expect.items() if tuple(sd[k].shape) != s]
-        context_dim = sd["lora_k.down"].shape[-1]
-        if path.endswith("attn2") and context_dim in OTHER_FAMILIES:
+        dims = _dims_in_file(path, sd)
+        if not dims.self_attention and dims.context_dim in OTHER_FAMILIES:
             raise CheckpointError(
-                f"{where} was trained on a {OTHER_FAMILIES[context_dim]} model (text width {context_dim}); "
+                f"{where} was trained on a {OTHER_FAMILIES[dims.context_dim]} model (text width {dims.context_dim}); "
                 "DualAnoDiff supports Stable Diffusion 1.x only"
             )
+        expect = expected_tensors(dims, ckpt.rank, ckpt.has("saim"), ckpt.has("bcm"))
+        problems += [f"{path}.{name}: {tuple(sd[name].shape)} expected {shape}"
+                     for name, shape in expect.items() if tuple(sd[name].shape) != shape]
     for module, (down, up) in ckpt.text_encoder_lora().items():
         if down.ndim != 2 or up.ndim != 2 or down.shape[0] != up.shape[1]:
             problems.append(f"text_encoder.{module}: down {tuple(down.shape)}, up {tuple(up.shape)}")

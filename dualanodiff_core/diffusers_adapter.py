@@ -21,7 +21,7 @@ from torch import nn
 
 from .attention_step import after_attention, key_value_input, lora_delta
 from .branch_math import GLOBAL
-from .layers import DualAttentionLayers
+from .layers import AttentionDims, DualAttentionLayers, build_dual_layers, layer_key
 from .passes import PLAIN_PASS, PassContext
 from .strengths import Strengths
 
@@ -45,24 +45,16 @@ def is_self_attention(path: str) -> bool:
     return path.rsplit(".", 1)[-1] == "attn1"
 
 
-def module_key(path: str) -> str:
-    """``nn.ModuleDict`` keys cannot hold dots."""
-    return path.replace(".", "__")
+def attention_dims(unet: nn.Module) -> list[AttentionDims]:
+    """The widths of every attention module of ``unet``, in module order."""
+    return [AttentionDims(path, query_dim=attn.to_q.in_features, context_dim=attn.to_k.in_features,
+                          inner_dim=attn.to_q.out_features)
+            for path, attn in attention_modules(unet).items()]
 
 
 def build_layers(unet: nn.Module, rank: int, saim: bool = True, bcm: bool = False) -> nn.ModuleDict:
     """Fresh DualAnoDiff layers for every attention module of ``unet`` (BCM on self-attention only)."""
-    layers = nn.ModuleDict()
-    for path, attn in attention_modules(unet).items():
-        layers[module_key(path)] = DualAttentionLayers(
-            query_dim=attn.to_q.in_features,
-            context_dim=attn.to_k.in_features,
-            inner_dim=attn.to_q.out_features,
-            rank=rank,
-            saim=saim,
-            bcm=bcm and is_self_attention(path),
-        )
-    return layers
+    return build_dual_layers(attention_dims(unet), rank, saim=saim, bcm=bcm)
 
 
 class DualAnoDiffAttnProcessor:
@@ -129,7 +121,7 @@ class DualAnoDiffUNet(nn.Module):
         self._original_processors = dict(unet.attn_processors)
         processors = {}
         for path in attention_modules(unet):
-            key = module_key(path)
+            key = layer_key(path)
             if key not in layers:
                 raise KeyError(f"no DualAnoDiff layers for attention module {path}")
             processors[f"{path}.processor"] = DualAnoDiffAttnProcessor(path, layers[key], self._state)
@@ -193,7 +185,7 @@ def load_dual_unet(
 
     ckpt = checkpoint if isinstance(checkpoint, DualAnoDiffCheckpoint) else load_checkpoint(Path(checkpoint))
     layers = build_layers(unet, rank=ckpt.rank, saim=ckpt.has("saim"), bcm=ckpt.has("bcm"))
-    ckpt.load_into_layers(layers, {path: module_key(path) for path in attention_modules(unet)})
+    ckpt.load_into_layers(layers)
     param = next(unet.parameters())
     layers.to(device=param.device, dtype=param.dtype)
     if text_encoder is not None and ckpt.has("text_encoder_lora"):

@@ -1,8 +1,12 @@
 """Trainable DualAnoDiff parameters of one attention module, as ``nn.Module``s.
 
-Parameter names here are the checkpoint's key suffixes (docs/checkpoint-format.md).
+Parameter names and shapes here are the checkpoint's schema (docs/checkpoint-format.md): the
+checkpoint's key and shape checks ask :func:`expected_tensors`, which builds these modules.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -115,3 +119,44 @@ class DualAttentionLayers(nn.Module):
 
     def lora(self, target: str) -> BranchLoRA:
         return getattr(self, f"lora_{target}")
+
+
+@dataclass(frozen=True)
+class AttentionDims:
+    """What DualAnoDiff needs to know of one attention module of a UNet."""
+
+    path: str  # diffusers path, e.g. down_blocks.0.attentions.0.transformer_blocks.0.attn1
+    query_dim: int
+    context_dim: int
+    inner_dim: int
+
+    @property
+    def self_attention(self) -> bool:
+        return self.path.rsplit(".", 1)[-1] == "attn1"
+
+
+def layer_key(path: str) -> str:
+    """The key of an attention path in an ``nn.ModuleDict`` of layers (keys cannot hold dots)."""
+    return path.replace(".", "__")
+
+
+def layer_path(key: str) -> str:
+    return key.replace("__", ".")
+
+
+def dual_layers(dims: AttentionDims, rank: int, saim: bool = True, bcm: bool = False) -> DualAttentionLayers:
+    """The layers of one attention module; BCM only ever on self-attention."""
+    return DualAttentionLayers(dims.query_dim, dims.context_dim, dims.inner_dim, rank,
+                               saim=saim, bcm=bcm and dims.self_attention)
+
+
+def build_dual_layers(dims: Iterable[AttentionDims], rank: int, saim: bool = True, bcm: bool = False) -> nn.ModuleDict:
+    """Fresh layers for every attention module, keyed by :func:`layer_key` of its path."""
+    return nn.ModuleDict({layer_key(d.path): dual_layers(d, rank, saim, bcm) for d in dims})
+
+
+def expected_tensors(dims: AttentionDims, rank: int, saim: bool, bcm: bool) -> dict[str, tuple]:
+    """``{parameter name: shape}`` of the layers of one attention module (built on the meta device)."""
+    with torch.device("meta"):
+        module = dual_layers(dims, rank, saim, bcm)
+    return {name: tuple(t.shape) for name, t in module.state_dict().items()}

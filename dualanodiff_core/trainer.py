@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
 from .base_model import place
 from .data import PairTensors, flips_for, folder_pairs, load_object_masks, mvtec_pairs
-from .diffusers_adapter import DualAnoDiffUNet, attention_modules, build_layers, module_key
+from .diffusers_adapter import DualAnoDiffUNet, build_layers
 from .image_io import grid, save_png
 from .sampling import encode_prompts, latent_scale, make_scheduler, sample_pairs, vae_decode, vae_encode
 from .text_encoder_lora import add_text_encoder_lora, text_encoder_lora_tensors
@@ -93,7 +93,6 @@ class DualTrainer:
         self.vae = place(base.vae, self.device, self.weight_dtype)
         unet = place(base.unet, self.device, self.weight_dtype)
         layers = build_layers(unet, rank=args.rank, saim=not args.no_saim, bcm=args.bcm).to(self.device)
-        self.paths_by_key = {module_key(p): p for p in attention_modules(unet)}
         self.dual = DualAnoDiffUNet(unet, layers)
         self.text_encoder = place(base.text_encoder, self.device, self.weight_dtype)
         te_params = []
@@ -179,7 +178,7 @@ class DualTrainer:
 
     def final_checkpoint(self, name: str, provenance: dict) -> Path:
         layers = self.acc.unwrap_model(self.dual_p).dual_layers
-        tensors = layers_to_tensors(layers, self.paths_by_key)
+        tensors = layers_to_tensors(layers)
         components = ["unet_lora"] + ([] if getattr(self.args, "no_saim", False) else ["saim"]) + (["bcm"] if self.args.bcm else [])
         te = text_encoder_lora_tensors(self.acc.unwrap_model(self.te_p))
         if te:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..dualanodiff_core.layers import AttentionDims
+
 _BLOCK_PATH = re.compile(
     r"^(?P<part>input_blocks|middle_block|output_blocks)(?:\.(?P<id>\d+))?\.\d+\.transformer_blocks\.(?P<index>\d+)$"
 )
@@ -24,6 +26,10 @@ class AttentionSite:
     query_dim: int
     context_dim: int
     inner_dim: int
+
+    @property
+    def dims(self) -> AttentionDims:
+        return AttentionDims(self.diffusers_path, self.query_dim, self.context_dim, self.inner_dim)
 
 
 def block_key(extra_options: dict) -> tuple:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..dualanodiff_core.layers import DualAttentionLayers
+from ..dualanodiff_core.layers import build_dual_layers, dual_layers, layer_key
 from .branch_projections import LORA_PROJECTIONS as LORA_LINEARS
 
 log = logging.getLogger("DualAnoDiff")
@@ -75,17 +75,9 @@ def read_dual_checkpoint(path: str):
 
 def layers_from_checkpoint(ckpt, sites: list) -> LayerBank:
     """Layers for every site, filled from the checkpoint (keys and shapes checked by the checkpoint)."""
-    modules = torch.nn.ModuleDict()
-    keys_by_path = {}
-    for site in sites:
-        key = site.diffusers_path.replace(".", "__")
-        modules[key] = DualAttentionLayers(
-            site.query_dim, site.context_dim, site.inner_dim, ckpt.rank,
-            saim=ckpt.has("saim"), bcm=ckpt.has("bcm") and site.attention == "attn1",
-        )
-        keys_by_path[site.diffusers_path] = key
-    ckpt.load_into_layers(modules, keys_by_path)
-    layers = {_key(s): modules[keys_by_path[s.diffusers_path]].requires_grad_(False).eval() for s in sites}
+    modules = build_dual_layers([s.dims for s in sites], ckpt.rank, saim=ckpt.has("saim"), bcm=ckpt.has("bcm"))
+    ckpt.load_into_layers(modules)
+    layers = {_key(s): modules[layer_key(s.diffusers_path)].requires_grad_(False).eval() for s in sites}
     return LayerBank(layers, str(ckpt.path or "checkpoint"))
 
 
@@ -143,7 +135,7 @@ def layers_from_lora_pair(model_patcher, global_sd: dict, anomaly_sd: dict, site
         key = _key(site)
         factors = {(b, t): per_branch[b].get((key, t)) for b in (0, 1) for t in LORA_LINEARS}
         rank = max([f[0].shape[0] for f in factors.values() if f is not None] + [1])
-        layer = DualAttentionLayers(site.query_dim, site.context_dim, site.inner_dim, rank, saim=False, bcm=False)
+        layer = dual_layers(site.dims, rank, saim=False, bcm=False)
         with torch.no_grad():
             for t in LORA_LINEARS:
                 lora = layer.lora(t)

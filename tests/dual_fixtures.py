@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from dualanodiff_core.diffusers_adapter import DualAnoDiffUNet, attention_modules, build_layers, module_key
+from dualanodiff_core.diffusers_adapter import DualAnoDiffUNet, attention_modules, build_layers
+
+from dualanodiff_core.layers import layer_key
 from tiny_models import tiny_unet
 
 
@@ -26,7 +28,7 @@ def dual_unet(rank=4, saim=True, bcm=False, seed=1):
 
 
 def layers_by_path(dual):
-    return {p: dual.dual_layers[module_key(p)] for p in attention_modules(dual.unet)}
+    return {p: dual.dual_layers[layer_key(p)] for p in attention_modules(dual.unet)}
 
 
 def pair_inputs(n_pairs, seed=3):

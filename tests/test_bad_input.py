@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 from dual_fixtures import random_layers
 from dualanodiff_core.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, open_checkpoint, save_checkpoint
 from dualanodiff_core.cli import build_parser, main
-from dualanodiff_core.diffusers_adapter import attention_modules, module_key
+from dualanodiff_core.diffusers_adapter import attention_modules
+from dualanodiff_core.layers import layer_key
 from dualanodiff_core.errors import DualAnoDiffError
 from reference_layout import reference_state_dict
 from synthetic_data import write_mvtec_category
@@ -39,10 +40,9 @@ def ws(tmp_path_factory, tiny_sd):
     ws = tmp_path_factory.mktemp("bad_input")
     unet = tiny_unet()
     layers = random_layers(unet, rank=4, seed=7)
-    keys = {module_key(p): p for p in attention_modules(unet)}
-    save_checkpoint(ws / "good.safetensors", DualAnoDiffCheckpoint(layers_to_tensors(layers, keys),
+    save_checkpoint(ws / "good.safetensors", DualAnoDiffCheckpoint(layers_to_tensors(layers),
                                                                    make_metadata(4, ["unet_lora", "saim"])))
-    ref = reference_state_dict({p: layers[module_key(p)] for p in attention_modules(unet)})
+    ref = reference_state_dict({p: layers[layer_key(p)] for p in attention_modules(unet)})
     (ws / "ref").mkdir()
     bad_key = next(k for k in ref if ".to_k_lora.1.down." in k)
     save_file({**ref, bad_key: torch.zeros(2, ref[bad_key].shape[1])}, str(ws / "ref" / "pytorch_lora_weights.safetensors"))

@@ -100,12 +100,10 @@ def test_tokenizer_json_alone_loads_with_the_same_ids(tiny_sd, tmp_path):
     # and the commands that read a base folder take it
     from dual_fixtures import random_layers
     from dualanodiff_core.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
-    from dualanodiff_core.diffusers_adapter import attention_modules, module_key
 
     unet = tiny_unet()
-    keys = {module_key(p): p for p in attention_modules(unet)}
     ckpt = save_checkpoint(tmp_path / "c.safetensors", DualAnoDiffCheckpoint(
-        layers_to_tensors(random_layers(unet, rank=4), keys), make_metadata(4, ["unet_lora", "saim"])))
+        layers_to_tensors(random_layers(unet, rank=4)), make_metadata(4, ["unet_lora", "saim"])))
     assert main(["generate", "--base-model", str(folder), "--checkpoint", str(ckpt), "--output-dir", str(tmp_path / "o"),
                  "--object", "a", "--defect", "b", "-n", "1", "--resolution", "64", "--steps", "2"]) == 0
     assert (tmp_path / "o" / "a" / "b" / "image" / "0.png").is_file()

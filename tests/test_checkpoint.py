@@ -11,16 +11,14 @@ from dualanodiff_core import CheckpointError, load_checkpoint, load_dual_unet
 from dualanodiff_core.checkpoint import (
     DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint,
 )
-from dualanodiff_core.diffusers_adapter import attention_modules, module_key
 from tiny_models import tiny_unet
 
 
 def _checkpoint(bcm=False, rank=4):
     dual = dual_unet(rank=rank, bcm=bcm)
-    keys = {module_key(p): p for p in attention_modules(dual.unet)}
     comps = ["unet_lora", "saim"] + (["bcm"] if bcm else [])
     meta = make_metadata(rank, comps, provenance={"trained_by": "test"})
-    return dual, DualAnoDiffCheckpoint(layers_to_tensors(dual.dual_layers, keys), meta)
+    return dual, DualAnoDiffCheckpoint(layers_to_tensors(dual.dual_layers), meta)
 
 
 def _rewrite(path, out, tensors=None, metadata=None):
@@ -253,3 +251,31 @@ def test_metadata_is_plain_strings(saved):
         "prompt_negative": "", "provenance": '{"trained_by": "test"}', "dtype": "float16",
     }
     assert json.loads(meta["provenance"]) == {"trained_by": "test"}
+
+
+def test_schema_is_the_layers_own(tmp_path):
+    """The checkpoint's expected keys and shapes come from the modules: a parameter added to the
+    layers is expected in every file at once, with no list to update."""
+    from dualanodiff_core import layers as layers_module
+    from dualanodiff_core.diffusers_adapter import attention_dims
+
+    dual, ckpt = _checkpoint(bcm=True)
+    for dims in attention_dims(dual.unet):
+        expected = layers_module.expected_tensors(dims, 4, saim=True, bcm=True)
+        in_file = {k: tuple(v.shape) for k, v in ckpt.layer_state_dict(dims.path).items()}
+        assert expected == in_file
+        assert ("bcm.gamma" in expected) == dims.self_attention
+
+    original = layers_module.SAIM.__init__
+
+    def with_extra(self, channels):
+        original(self, channels)
+        self.extra = torch.nn.Parameter(torch.zeros(channels))
+
+    layers_module.SAIM.__init__ = with_extra
+    try:
+        with pytest.raises(CheckpointError, match=r"missing keys .*saim\.extra"):
+            save_checkpoint(tmp_path / "x.safetensors", ckpt)
+    finally:
+        layers_module.SAIM.__init__ = original
+    assert not (tmp_path / "x.safetensors").exists()

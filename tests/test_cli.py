@@ -10,7 +10,8 @@ from safetensors import safe_open
 from dual_fixtures import dual_unet
 from dualanodiff_core.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
 from dualanodiff_core.cli import build_parser, main
-from dualanodiff_core.diffusers_adapter import attention_modules, module_key
+from dualanodiff_core.diffusers_adapter import attention_modules
+from dualanodiff_core.layers import layer_key
 
 
 def _subparsers(parser):
@@ -35,9 +36,8 @@ def test_console_entry_point_prints_help():
 @pytest.fixture
 def checkpoint(tmp_path):
     dual = dual_unet(rank=4)
-    keys = {module_key(p): p for p in attention_modules(dual.unet)}
     te = {"text_model.encoder.layers.0.self_attn.q_proj": (torch.randn(4, 32), torch.randn(32, 4))}
-    tensors = layers_to_tensors(dual.dual_layers, keys)
+    tensors = layers_to_tensors(dual.dual_layers)
     tensors.update({f"text_encoder.{k}.down": d for k, (d, u) in te.items()})
     tensors.update({f"text_encoder.{k}.up": u for k, (d, u) in te.items()})
     ckpt = DualAnoDiffCheckpoint(tensors, make_metadata(4, ["unet_lora", "saim", "text_encoder_lora"]))
@@ -56,7 +56,7 @@ def test_export_lora_writes_kohya_files(tmp_path, checkpoint):
         prefix = "lora_unet_" + path0.replace(".", "_")
         up = f.get_tensor(f"{prefix}_to_out_0.lora_up.weight")
         assert f.get_tensor(f"{prefix}_to_q.alpha").item() == 4.0
-    expected_up = dual.dual_layers[module_key(path0)].lora_out.up[1].half()
+    expected_up = dual.dual_layers[layer_key(path0)].lora_out.up[1].half()
     torch.testing.assert_close(up, expected_up)
     assert len(keys) == 3 * 4 * len(attention_modules(dual.unet))
     with safe_open(str(out / "scratch_text_encoder.safetensors"), framework="pt") as f:

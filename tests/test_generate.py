@@ -9,7 +9,6 @@ from PIL import Image
 from dual_fixtures import random_layers
 from dualanodiff_core.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
 from dualanodiff_core.cli import main
-from dualanodiff_core.diffusers_adapter import attention_modules, module_key
 from synthetic_data import write_object_masks
 from tiny_models import tiny_unet
 
@@ -21,9 +20,8 @@ def checkpoints(tmp_path_factory):
     for bcm in (False, True):
         unet = tiny_unet()
         layers = random_layers(unet, rank=4, bcm=bcm, seed=7)
-        keys = {module_key(p): p for p in attention_modules(unet)}
         comps = ["unet_lora", "saim"] + (["bcm"] if bcm else [])
-        ckpt = DualAnoDiffCheckpoint(layers_to_tensors(layers, keys), make_metadata(4, comps))
+        ckpt = DualAnoDiffCheckpoint(layers_to_tensors(layers), make_metadata(4, comps))
         out[bcm] = save_checkpoint(folder / f"bcm{int(bcm)}.safetensors", ckpt)
     return out
 

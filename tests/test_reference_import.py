@@ -8,7 +8,8 @@ from dual_fixtures import pair_inputs, random_layers
 from dualanodiff_core import CheckpointError, load_dual_unet
 from dualanodiff_core.checkpoint import load_checkpoint
 from dualanodiff_core.cli import main
-from dualanodiff_core.diffusers_adapter import attention_modules, module_key
+from dualanodiff_core.diffusers_adapter import attention_modules
+from dualanodiff_core.layers import layer_key
 from dualanodiff_core.reference_import import convert_reference
 from reference_layout import reference_state_dict
 from spec_reference import spec_forward
@@ -30,7 +31,7 @@ def _write(sd, path):
 def test_reference_file_converts_and_reproduces_the_spec(tmp_path, suffix, bcm):
     unet = tiny_unet()
     layers = random_layers(unet, rank=4, bcm=bcm, seed=5)
-    by_path = {p: layers[module_key(p)] for p in attention_modules(unet)}
+    by_path = {p: layers[layer_key(p)] for p in attention_modules(unet)}
     x, ctx, bg = pair_inputs(3)
     background = bg if bcm else None
     expected = spec_forward(unet, by_path, x, T, ctx, background=background)
@@ -56,7 +57,7 @@ def test_text_encoder_lora_is_imported_and_applied(tmp_path):
     gen = torch.Generator().manual_seed(9)
     te_lora = {name: (torch.randn(4, 32, generator=gen) * 0.1, torch.randn(32, 4, generator=gen) * 0.1)
                for name in clip_attention_linears(te)}
-    sd = reference_state_dict({p: layers[module_key(p)] for p in attention_modules(unet)}, te_lora=te_lora)
+    sd = reference_state_dict({p: layers[layer_key(p)] for p in attention_modules(unet)}, te_lora=te_lora)
     ckpt = convert_reference(_write(sd, tmp_path / "pytorch_lora_weights.safetensors"))
     assert ckpt.has("text_encoder_lora")
 
@@ -77,7 +78,7 @@ def test_text_encoder_lora_is_imported_and_applied(tmp_path):
 def test_corrupt_reference_files_are_refused(tmp_path):
     unet = tiny_unet()
     layers = random_layers(unet)
-    sd = reference_state_dict({p: layers[module_key(p)] for p in attention_modules(unet)})
+    sd = reference_state_dict({p: layers[layer_key(p)] for p in attention_modules(unet)})
     good = _write(sd, tmp_path / "pytorch_lora_weights.safetensors")
     truncated = tmp_path / "truncated" / "pytorch_lora_weights.safetensors"
     truncated.parent.mkdir()
@@ -108,7 +109,7 @@ def test_pickle_with_objects_is_refused(tmp_path, capsys):
 def test_unknown_and_half_keys_are_reported(tmp_path):
     unet = tiny_unet()
     layers = random_layers(unet)
-    sd = reference_state_dict({p: layers[module_key(p)] for p in attention_modules(unet)})
+    sd = reference_state_dict({p: layers[layer_key(p)] for p in attention_modules(unet)})
     odd = dict(sd, **{"unet.mid_block.foo.weight": torch.zeros(1)})
     with pytest.raises(CheckpointError, match="not in the reference layout.*mid_block.foo"):
         convert_reference(_write(odd, tmp_path / "a.safetensors"))
@@ -120,7 +121,7 @@ def test_unknown_and_half_keys_are_reported(tmp_path):
 def test_convert_refuses_to_overwrite(tmp_path, capsys):
     unet = tiny_unet()
     layers = random_layers(unet)
-    ref = _write(reference_state_dict({p: layers[module_key(p)] for p in attention_modules(unet)}),
+    ref = _write(reference_state_dict({p: layers[layer_key(p)] for p in attention_modules(unet)}),
                  tmp_path / "pytorch_lora_weights.safetensors")
     out = tmp_path / "out.safetensors"
     out.write_bytes(b"precious")

@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 
 import harness
 from dual_fixtures import random_layers
-from dualanodiff_core.diffusers_adapter import attention_modules, module_key
+from dualanodiff_core.diffusers_adapter import attention_modules
+from dualanodiff_core.layers import layer_key
 from reference_layout import reference_state_dict
 from tiny_models import tiny_unet
 from workflow_fixtures import pack_module, write_checkpoint
@@ -30,7 +31,7 @@ def files(pack):
     save_file({"lora_unet_x.lora_up.weight": torch.zeros(1)}, str(folder / "bad_input_plain_lora.safetensors"))
     unet = tiny_unet(seed=0)
     layers = random_layers(unet, rank=4)
-    ref = reference_state_dict({p: layers[module_key(p)] for p in attention_modules(unet)})
+    ref = reference_state_dict({p: layers[layer_key(p)] for p in attention_modules(unet)})
     key = next(k for k in ref if ".to_v_lora.0.up." in k)
     save_file({**ref, key: torch.zeros(ref[key].shape[0], 3)}, str(folder / "pytorch_lora_weights.safetensors"))
     return pack

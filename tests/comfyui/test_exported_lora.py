@@ -9,7 +9,7 @@ import harness
 from dual_fixtures import random_layers
 from dualanodiff_core.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
 from dualanodiff_core.cli import main
-from dualanodiff_core.diffusers_adapter import DualAnoDiffUNet, attention_modules, module_key
+from dualanodiff_core.diffusers_adapter import DualAnoDiffUNet
 from tiny_models import tiny_unet
 
 
@@ -19,8 +19,7 @@ def exported(tmp_path_factory):
 
     unet = tiny_unet(seed=0)
     layers = random_layers(unet, rank=4, seed=11)
-    keys = {module_key(p): p for p in attention_modules(unet)}
-    ckpt = DualAnoDiffCheckpoint(layers_to_tensors(layers, keys), make_metadata(4, ["unet_lora", "saim"]))
+    ckpt = DualAnoDiffCheckpoint(layers_to_tensors(layers), make_metadata(4, ["unet_lora", "saim"]))
     path = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "defect.safetensors", ckpt, dtype=torch.float32)
     loras = folder_paths.get_folder_paths("loras")[0]
     assert main(["export-lora", str(path), "--output-dir", loras, "--dtype", "fp32"]) == 0

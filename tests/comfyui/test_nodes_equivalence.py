@@ -134,13 +134,14 @@ def test_reference_checkpoint_loads_directly(pack, ckpt_dir, bcm):
     from safetensors.torch import save_file
 
     from dual_fixtures import random_layers
-    from dualanodiff_core.diffusers_adapter import attention_modules, module_key
+    from dualanodiff_core.diffusers_adapter import attention_modules
+    from dualanodiff_core.layers import layer_key
     from reference_layout import reference_state_dict
     from spec_reference import spec_forward
 
     unet = tiny_unet(seed=0)
     layers = random_layers(unet, rank=4, saim=True, bcm=bcm, seed=17)
-    by_path = {p: layers[module_key(p)] for p in attention_modules(unet)}
+    by_path = {p: layers[layer_key(p)] for p in attention_modules(unet)}
     gen = torch.Generator().manual_seed(19)
     te_lora = {f"text_model.encoder.layers.{i}.self_attn.{proj}": (torch.randn(4, 768, generator=gen) * 0.01,
                                                                     torch.randn(768, 4, generator=gen) * 0.01)

@@ -8,7 +8,6 @@ import torch
 import harness
 from dual_fixtures import random_layers
 from dualanodiff_core.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
-from dualanodiff_core.diffusers_adapter import attention_modules, module_key
 from tiny_models import tiny_unet
 
 EXTRA_TYPES = ("CLIP", "VAE", "BACKGROUND", "U2NET_MODEL", "CONTROL_NET")
@@ -75,8 +74,7 @@ def write_checkpoint(folder, name: str, bcm: bool = False, seed: int = 11, rank:
     """A tiny DualAnoDiff checkpoint for tiny_unet(seed=0); returns (path, diffusers layers)."""
     unet = tiny_unet(seed=0)
     layers = random_layers(unet, rank=rank, saim=True, bcm=bcm, seed=seed)
-    keys = {module_key(p): p for p in attention_modules(unet)}
-    tensors = layers_to_tensors(layers, keys)
+    tensors = layers_to_tensors(layers)
     components = ["unet_lora", "saim"] + (["bcm"] if bcm else [])
     if with_te:
         tensors.update(text_encoder_lora())
