@@ -105,9 +105,11 @@ def _add_train(sub) -> None:
 
 
 def run_train(args) -> int:
+    from .options import from_namespace
+    from .train_args import TrainConfig
     from .trainer import train
 
-    path = train(args)
+    path = train(from_namespace(TrainConfig, args))
     if path is not None:
         print(f"wrote {path}")
     return 0
@@ -128,9 +130,10 @@ def _add_generate(sub) -> None:
 
 
 def run_generate(args) -> int:
-    from .generate import generate
+    from .generate import GenerateConfig, generate
+    from .options import from_namespace
 
-    root = generate(args)
+    root = generate(from_namespace(GenerateConfig, args))
     print(f"wrote samples under {root}")
     return 0
 

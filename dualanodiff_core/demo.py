@@ -78,34 +78,25 @@ def write_few_shot(folder: Path, defect: str, shots: int, seed: int) -> tuple:
 
 
 def _train(cfg: DemoConfig, images: Path, masks: Path, out: Path, saim: bool) -> Path:
-    from .train_args import parse_args
+    from .train_args import TrainConfig
     from .trainer import train
 
-    argv = ["--images", str(images), "--masks", str(masks), "--base-model", str(cfg.base_model),
-            "--output-dir", str(out), "--name", "demo_" + ("saim" if saim else "no_saim"),
-            "--resolution", "64", "--rank", str(cfg.rank), "--lr", str(cfg.lr), "--steps", str(cfg.steps),
-            "--pairs-per-step", str(cfg.pairs_per_step), "--seed", str(cfg.seed),
-            "--prompt-global", PROMPT_GLOBAL, "--prompt-anomaly", PROMPT_ANOMALY,
-            "--checkpoint-every", "0", "--validate-every", "0", "--save-dtype", "fp32", "--overwrite"]
-    argv += [] if saim else ["--no-saim"]
-    argv += ["--cpu"] if cfg.cpu else []
-    return train(parse_args(argv))
+    return train(TrainConfig(
+        images=images, masks=masks, base_model=cfg.base_model, output_dir=out,
+        name="demo_" + ("saim" if saim else "no_saim"), resolution=64, rank=cfg.rank, lr=cfg.lr, steps=cfg.steps,
+        pairs_per_step=cfg.pairs_per_step, seed=cfg.seed, prompt_global=PROMPT_GLOBAL, prompt_anomaly=PROMPT_ANOMALY,
+        checkpoint_every=0, validate_every=0, save_dtype="fp32", overwrite=True, no_saim=not saim, cpu=cfg.cpu))
 
 
 def _generate(cfg: DemoConfig, checkpoint: Path, out: Path) -> Path:
-    import argparse
-
-    from .generate import add_arguments, generate
+    from .generate import GenerateConfig, generate
 
     shutil.rmtree(out, ignore_errors=True)  # samples of an earlier run came from another checkpoint
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    args = p.parse_args(["--base-model", str(cfg.base_model), "--checkpoint", str(checkpoint), "--output-dir", str(out),
-                         "--object", "world", "--defect", cfg.defect, "-n", str(cfg.pairs),
-                         "--batch-size", str(cfg.batch_size), "--scheduler", "ddim", "--steps", str(cfg.sample_steps),
-                         "--guidance", str(cfg.guidance), "--seed", str(cfg.seed), "--resolution", "64",
-                         "--mask-threshold", str(cfg.mask_threshold), "--dtype", "fp32"] + (["--cpu"] if cfg.cpu else []))
-    return generate(args)
+    return generate(GenerateConfig(
+        base_model=cfg.base_model, checkpoint=checkpoint, output_dir=out, object="world", defect=cfg.defect,
+        num_pairs=cfg.pairs, batch_size=cfg.batch_size, scheduler="ddim", steps=cfg.sample_steps,
+        guidance=cfg.guidance, seed=cfg.seed, resolution=64, mask_threshold=cfg.mask_threshold, dtype="fp32",
+        cpu=cfg.cpu))
 
 
 def read_samples(root: Path, n: int) -> dict:

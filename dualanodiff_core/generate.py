@@ -20,6 +20,7 @@ from .dataset_layout import check_names, mvtec_paths, pair_paths
 from .dtypes import torch_dtype
 from .errors import DualAnoDiffError
 from .mask_methods import MASK_METHODS, METHODS, check_mask_method
+from .options import use_defaults_of
 from .sampling import SCHEDULERS
 
 CLI_MODEL_HINTS = {"u2net": "--u2net FILE (u2net.pth or u2netp.pth)",
@@ -28,6 +29,38 @@ CLI_MODEL_HINTS = {"u2net": "--u2net FILE (u2net.pth or u2netp.pth)",
 # Settings a dataset folder is made with; continuing it with others would mix two datasets.
 RUN_SETTINGS = ("checkpoint", "base_model", "scheduler", "steps", "guidance", "resolution", "mask_method",
                 "mask_threshold", "bcm", "seed")
+
+
+@dataclass(kw_only=True)
+class GenerateConfig:
+    """Everything ``dualanodiff generate`` takes (the flags of the same names); built by argparse
+    (``options.from_namespace``) or directly. ``guidance`` and ``mask_threshold`` None mean the
+    defaults that depend on BCM and on the mask method."""
+
+    base_model: Path
+    checkpoint: Path
+    output_dir: Path
+    object: str
+    defect: str
+    num_pairs: int = 500
+    batch_size: int = 4
+    scheduler: str = "pndm"
+    steps: int = 100
+    guidance: float | None = None
+    seed: int = 0
+    resolution: int = 512
+    backgrounds: Path | None = None
+    u2net: Path | None = None
+    object_masks: Path | None = None
+    mask_method: str = "threshold"
+    mask_threshold: float | None = None
+    sam: Path | None = None
+    mvtec_layout: bool = False
+    tokenizer: Path | None = None
+    comfyui: Path | None = None
+    model_config: Path | None = None
+    dtype: str = "auto"
+    cpu: bool = False
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,6 +96,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
                    help="compute precision (default: auto = fp16 on CUDA, fp32 elsewhere)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
+    use_defaults_of(p, GenerateConfig)
 
 
 def read_manifest(root: Path) -> dict:
@@ -115,7 +149,7 @@ def _background_latents(args, vae, size: int) -> torch.Tensor:
 class GenerateRun:
     """A checked ``generate`` run: nothing loaded but the DualAnoDiff checkpoint, nothing written."""
 
-    args: argparse.Namespace
+    args: GenerateConfig
     checkpoint: object
     root: Path  # OUT/<object>/<defect>
     guidance: float
@@ -278,7 +312,7 @@ def write(run: GenerateRun, batch: list, images: torch.Tensor, masks, manifest: 
             log.flush()
 
 
-def generate(args) -> Path:
+def generate(args: GenerateConfig) -> Path:
     """prepare (every check), load, then sample and write batch by batch; returns OUT/<object>/<defect>."""
     run = prepare(args)
     from accelerate import Accelerator

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import checks
 from .data import FLIP_RULES, RESAMPLING, SPLITS
 from .errors import DualAnoDiffError
+from .options import from_namespace, use_defaults_of
 
 # Settings a resumable checkpoint was taken with; resuming with others would train a different model.
 RESUME_SETTINGS = ("mvtec", "defect", "split", "images", "masks", "base_model", "rank", "no_text_encoder_lora",
@@ -14,6 +17,60 @@ RESUME_SETTINGS = ("mvtec", "defect", "split", "images", "masks", "base_model", 
                    "max_grad_norm", "pairs_per_step", "resolution", "flip", "resample", "batches", "seed",
                    "mixed_precision")
 BATCHES = ("random", "epoch")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Everything ``dualanodiff train`` takes (the flags of the same names); built by :func:`parse_args`
+    or directly. ``pairs_per_step`` None means 4, or 2 with ``bcm`` (:func:`resolve_defaults`)."""
+
+    base_model: Path
+    output_dir: Path
+    # data: an MVTec AD category and defect type, or two folders
+    mvtec: Path | None = None
+    defect: str | None = None
+    split: str | int = "floor"
+    images: Path | None = None
+    masks: Path | None = None
+    # base model
+    tokenizer: Path | None = None
+    comfyui: Path | None = None
+    model_config: Path | None = None
+    # what is trained
+    rank: int = 32
+    no_text_encoder_lora: bool = False
+    no_saim: bool = False
+    bcm: bool = False
+    u2net: Path | None = None
+    object_masks: Path | None = None
+    prompt_global: str = "a vfx with sks"
+    prompt_anomaly: str = "sks"
+    # optimisation
+    steps: int = 5000
+    lr: float = 2e-5
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    pairs_per_step: int | None = None
+    resolution: int = 512
+    flip: str = "reference"
+    resample: str = "bilinear"
+    batches: str = "random"
+    seed: int = 0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    cpu: bool = False
+    # output, checkpoints, validation, logging
+    name: str | None = None
+    checkpoint_every: int = 500
+    checkpoints_keep: int = 2
+    resume: str | None = None
+    overwrite: bool = False
+    validate_every: int = 500
+    validation_pairs: int = 2
+    validation_steps: int = 25
+    report_to: str = "none"
+    log_every: int = 10
+    save_dtype: str = "fp16"
 
 
 def _split(value: str):
@@ -94,14 +151,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "wandb, all, ... (default: none)")
     out.add_argument("--log-every", type=int, default=10, help="log loss to the trackers every N steps (default: 10)")
     out.add_argument("--save-dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="checkpoint precision (default: fp16)")
+    use_defaults_of(p, TrainConfig)
 
 
-def resolve_defaults(args) -> argparse.Namespace:
-    """Fill the defaults that depend on other options (a copy; ``args`` is not changed)."""
-    args = argparse.Namespace(**vars(args))
-    if args.pairs_per_step is None:
-        args.pairs_per_step = 2 if args.bcm else 4
-    return args
+def resolve_defaults(config: TrainConfig) -> TrainConfig:
+    """Fill the defaults that depend on other options (a copy; ``config`` is not changed)."""
+    if config.pairs_per_step is None:
+        return dataclasses.replace(config, pairs_per_step=2 if config.bcm else 4)
+    return config
 
 
 def check_arguments(args) -> None:
@@ -136,15 +193,15 @@ def check_arguments(args) -> None:
     checks.output_dir(args.output_dir, "--output-dir")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """Options of ``dualanodiff train`` as the Python API takes them (checked, defaults filled)."""
+def parse_args(argv=None) -> TrainConfig:
+    """The configuration of a ``dualanodiff train`` command line (checked, defaults filled)."""
     from .cli import ArgumentParser
 
     p = ArgumentParser(prog="dualanodiff train")
     add_arguments(p)
-    args = p.parse_args(argv)
+    config = from_namespace(TrainConfig, p.parse_args(argv))
     try:
-        check_arguments(args)
+        check_arguments(config)
     except DualAnoDiffError as exc:
         p.error(str(exc))
-    return resolve_defaults(args)
+    return resolve_defaults(config)

@@ -22,6 +22,7 @@ from .diffusers_adapter import DualAnoDiffUNet, build_layers
 from .image_io import grid, save_png
 from .sampling import encode_prompts, latent_scale, make_scheduler, sample_pairs, vae_decode, vae_encode
 from .text_encoder_lora import add_text_encoder_lora, text_encoder_lora_tensors
+from .train_args import TrainConfig
 from . import checks
 from .dtypes import torch_dtype
 from .errors import DualAnoDiffError
@@ -192,7 +193,9 @@ class DualTrainer:
 
 
 def run_config(args) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("run", "parser")}
+    from .options import as_dict
+
+    return as_dict(args)
 
 
 def resume_settings(args) -> dict:
@@ -236,8 +239,8 @@ def _check_output(args) -> None:
                                "start over, or choose another --output-dir")
 
 
-def train(args) -> Path:
-    """Run training as configured by ``train_args``; returns the written checkpoint."""
+def train(args: TrainConfig) -> Path:
+    """Run training as configured (``train_args.TrainConfig``); returns the written checkpoint."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 

@@ -20,6 +20,7 @@ from dualanodiff_core.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors
 from dualanodiff_core.cli import build_parser, main
 from dualanodiff_core.diffusers_adapter import attention_modules
 from dualanodiff_core.layers import layer_key
+from dualanodiff_core.options import from_namespace
 from dualanodiff_core.errors import DualAnoDiffError
 from reference_layout import reference_state_dict
 from synthetic_data import write_mvtec_category
@@ -198,20 +199,21 @@ def _namespace(argv: str, **fmt) -> argparse.Namespace:
     (GEN + " --seed 5 --output-dir {ws}/data", r"other settings \(seed: 0 there, 5 now\)"),
 ])
 def test_python_api_generate_raises_the_same_errors(ws, tiny_sd, argv, message):
-    from dualanodiff_core.generate import generate
+    from dualanodiff_core.generate import GenerateConfig, generate
 
     before = _snapshot(ws)
     with pytest.raises(DualAnoDiffError, match=message):
-        generate(_namespace(argv, ws=ws, sd=tiny_sd, ckpt=ws / "good.safetensors"))
+        generate(from_namespace(GenerateConfig, _namespace(argv, ws=ws, sd=tiny_sd, ckpt=ws / "good.safetensors")))
     assert _snapshot(ws) == before
 
 
 def test_python_api_train_raises_the_same_errors(ws, tiny_sd):
+    from dualanodiff_core.train_args import TrainConfig
     from dualanodiff_core.trainer import train
 
     before = _snapshot(ws)
     with pytest.raises(DualAnoDiffError, match=r"other settings \(lr: 2e-05 there, 0.001 now\)"):
-        train(_namespace(TRAIN + " --resume latest --lr 1e-3 --output-dir {ws}/run", ws=ws, sd=tiny_sd))
+        train(from_namespace(TrainConfig, _namespace(TRAIN + " --resume latest --lr 1e-3 --output-dir {ws}/run", ws=ws, sd=tiny_sd)))
     with pytest.raises(DualAnoDiffError, match=r"differ in shape"):
         open_checkpoint(ws / "ref" / "pytorch_lora_weights.safetensors")
     assert _snapshot(ws) == before
