@@ -71,7 +71,7 @@ class PeakMemory:
 def random_layers(unet, bcm: bool):
     import torch
 
-    from dualanodiff_core.diffusers_adapter import build_layers
+    from dualanodiff_core.runtime.diffusers_adapter import build_layers
 
     layers = build_layers(unet, rank=32, saim=True, bcm=bcm)
     with torch.no_grad():
@@ -102,10 +102,10 @@ def main() -> None:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from dualanodiff_core.base_model import BUNDLED_CONFIG, _read_json
-    from dualanodiff_core.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
-    from dualanodiff_core.diffusers_adapter import DualAnoDiffUNet
-    from dualanodiff_core.dtypes import torch_dtype
+    from dualanodiff_core.formats.base_model import BUNDLED_CONFIG, _read_json
+    from dualanodiff_core.formats.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
+    from dualanodiff_core.runtime.diffusers_adapter import DualAnoDiffUNet
+    from dualanodiff_core.runtime.dtypes import torch_dtype
 
     pack = harness.load_pack(REPO)
     import importlib

@@ -39,7 +39,7 @@ def random_sd15(dtype_name: str):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from dualanodiff_core.base_model import BUNDLED_CONFIG, BaseModel, _read_json, load_tokenizer
+    from dualanodiff_core.formats.base_model import BUNDLED_CONFIG, BaseModel, _read_json, load_tokenizer
     from tiny_models import write_tiny_tokenizer
 
     torch.manual_seed(0)
@@ -70,8 +70,8 @@ def run_one(name: str, resolution: int, pairs: int, steps: int, bcm: bool) -> di
     import torch
     from accelerate import Accelerator
 
-    from dualanodiff_core.train_args import parse_args
-    from dualanodiff_core.trainer import DualTrainer
+    from dualanodiff_core.training.train_args import parse_args
+    from dualanodiff_core.training.trainer import DualTrainer
     from synthetic_data import write_mvtec_category, write_object_masks
 
     precision, ckpt = CONFIGS[name]

@@ -11,14 +11,14 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_dual_unet": "diffusers_adapter",
-    "DualAnoDiffUNet": "diffusers_adapter",
-    "Strengths": "strengths",
-    "build_layers": "diffusers_adapter",
-    "load_checkpoint": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "DualAnoDiffCheckpoint": "checkpoint",
-    "convert_reference": "reference_import",
+    "load_dual_unet": "runtime.diffusers_adapter",
+    "DualAnoDiffUNet": "runtime.diffusers_adapter",
+    "Strengths": "model.strengths",
+    "build_layers": "runtime.diffusers_adapter",
+    "load_checkpoint": "formats.checkpoint",
+    "save_checkpoint": "formats.checkpoint",
+    "DualAnoDiffCheckpoint": "formats.checkpoint",
+    "convert_reference": "formats.reference_import",
     "CheckpointError": "errors",
     "DualAnoDiffError": "errors",
 }

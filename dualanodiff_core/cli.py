@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .dtypes import NAMES as DTYPES, torch_dtype as _torch_dtype
+from .runtime.dtypes import NAMES as DTYPES, torch_dtype as _torch_dtype
 from .errors import DualAnoDiffError
 
 
@@ -39,8 +39,8 @@ def _add_convert(sub) -> None:
 
 def run_convert(args) -> int:
     from . import checks
-    from .checkpoint import save_checkpoint
-    from .reference_import import convert_reference
+    from .formats.checkpoint import save_checkpoint
+    from .formats.reference_import import convert_reference
 
     prompts = {"global": args.prompt_global, "anomaly": args.prompt_anomaly, "negative": args.prompt_negative}
     checks.input_file(args.input, "reference checkpoint", (".safetensors", ".bin"))
@@ -75,8 +75,8 @@ def _add_export(sub) -> None:
 
 def run_export(args) -> int:
     from . import checks
-    from .checkpoint import open_checkpoint
-    from .kohya_export import export_loras
+    from .formats.checkpoint import open_checkpoint
+    from .formats.kohya_export import export_loras
 
     checks.input_file(args.checkpoint, "checkpoint", (".safetensors", ".bin"))
     name = checks.folder_name(args.name or args.checkpoint.name.split(".")[0], "--name")
@@ -90,7 +90,7 @@ def run_export(args) -> int:
 
 
 def _add_train(sub) -> None:
-    from . import train_args
+    from .training import train_args
 
     p = sub.add_parser(
         "train",
@@ -106,8 +106,8 @@ def _add_train(sub) -> None:
 
 def run_train(args) -> int:
     from .options import from_namespace
-    from .train_args import TrainConfig
-    from .trainer import train
+    from .training.train_args import TrainConfig
+    from .training.trainer import train
 
     path = train(from_namespace(TrainConfig, args))
     if path is not None:
@@ -116,7 +116,7 @@ def run_train(args) -> int:
 
 
 def _add_generate(sub) -> None:
-    from . import generate
+    from .generation import generate
 
     p = sub.add_parser(
         "generate",
@@ -130,7 +130,7 @@ def _add_generate(sub) -> None:
 
 
 def run_generate(args) -> int:
-    from .generate import GenerateConfig, generate
+    from .generation.generate import GenerateConfig, generate
     from .options import from_namespace
 
     root = generate(from_namespace(GenerateConfig, args))
@@ -139,8 +139,8 @@ def run_generate(args) -> int:
 
 
 def _add_demo(sub) -> None:
-    from . import demo_world
-    from .demo import DemoConfig
+    from .demo import world as demo_world
+    from .demo.run import DemoConfig
 
     d = DemoConfig()
     p = sub.add_parser(
@@ -177,7 +177,7 @@ def _add_demo(sub) -> None:
 def run_demo(args) -> int:
     import json
 
-    from .demo import DemoConfig, run
+    from .demo.run import DemoConfig, run
 
     cfg = DemoConfig(out=args.out, base_model=args.base_model, defect=args.defect, shots=args.shots, pairs=args.pairs,
                      steps=args.steps, rank=args.rank, lr=args.lr, sample_steps=args.sample_steps,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..dualanodiff_core.layers import AttentionDims
+from ..dualanodiff_core.model.layers import AttentionDims
 
 _BLOCK_PATH = re.compile(
     r"^(?P<part>input_blocks|middle_block|output_blocks)(?:\.(?P<id>\d+))?\.\d+\.transformer_blocks\.(?P<index>\d+)$"

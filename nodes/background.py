@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..dualanodiff_core.errors import DualAnoDiffError
-from ..dualanodiff_core.passes import PassContext
+from ..dualanodiff_core.model.passes import PassContext
 from .comfy_patches import PASS_KEY, find_patch_set
 
 NEGATIVE = 1  # ComfyUI's cond_or_uncond value of the negative (uncond) chunk
@@ -155,7 +155,7 @@ def background_pixels(images: torch.Tensor, mask: torch.Tensor | None = None, u2
             "DualAnoDiff Background needs the object's mask: connect a MASK, or a U-2-Net model from the "
             "'DualAnoDiff U-2-Net Loader' (weights u2net.pth or u2netp.pth in models/u2net)"
         )
-    from ..dualanodiff_core.u2net import background_from_saliency, saliency
+    from ..dualanodiff_core.masks.u2net import background_from_saliency, saliency
 
     bchw = images.permute(0, 3, 1, 2)
     return background_from_saliency(bchw, saliency(u2net, bchw)).permute(0, 2, 3, 1)

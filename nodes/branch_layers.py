@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..dualanodiff_core.layers import build_dual_layers, dual_layers, layer_key
+from ..dualanodiff_core.model.layers import build_dual_layers, dual_layers, layer_key
 from .branch_projections import LORA_PROJECTIONS as LORA_LINEARS
 
 log = logging.getLogger("DualAnoDiff")
@@ -68,7 +68,7 @@ def _copy_to(layer, device, dtype):
 
 def read_dual_checkpoint(path: str):
     """A validated DualAnoDiff checkpoint; reference files (``pytorch_lora_weights.*``) are converted."""
-    from ..dualanodiff_core.checkpoint import open_checkpoint
+    from ..dualanodiff_core.formats.checkpoint import open_checkpoint
 
     return open_checkpoint(Path(path))
 

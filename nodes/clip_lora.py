@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..dualanodiff_core.errors import CheckpointError, DualAnoDiffError
-from ..dualanodiff_core.kohya_export import text_encoder_lora_tensors
+from ..dualanodiff_core.formats.kohya_export import text_encoder_lora_tensors
 
 
 class NoClip:

@@ -13,16 +13,16 @@ On a ``clone()`` of the model, for every attention (attn1 and attn2 of every tra
 3. output patch: SAIM on the attention output (after ``to_out``).
 
 The pass mode (main or BCM reference) and the background tokens travel in
-``transformer_options[PASS_KEY]`` (see background.py). The math is ``dualanodiff_core.branch_math``
+``transformer_options[PASS_KEY]`` (see background.py). The math is ``dualanodiff_core.model.branch_math``
 through the ``DualAttentionLayers`` modules.
 """
 from __future__ import annotations
 
 import torch
 
-from ..dualanodiff_core.attention_step import after_attention, key_value_input, lora_delta
+from ..dualanodiff_core.model.attention_step import after_attention, key_value_input, lora_delta
 from ..dualanodiff_core.errors import DualAnoDiffError
-from ..dualanodiff_core.strengths import Strengths
+from ..dualanodiff_core.model.strengths import Strengths
 from .attention_sites import attention_sites, block_key
 from .branch_projections import LORA_PROJECTIONS, with_branch_lora
 

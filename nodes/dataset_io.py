@@ -1,7 +1,7 @@
 """Writing generated pairs as a dataset under ComfyUI's output folder, never overwriting.
 
 Layouts (``pairs``, ``mvtec`` or both) under ``<output>/<folder>/``, as
-``dualanodiff_core/dataset_layout.py`` describes them (the layout ``generate`` writes too).
+``dualanodiff_core/generation/dataset_layout.py`` describes them (the layout ``generate`` writes too).
 Numbering continues after the highest index present. Every written sample appends one JSON line
 to ``<output>/<folder>/manifest.jsonl``.
 """
@@ -15,7 +15,7 @@ import time
 import torch
 
 from ..dualanodiff_core.checks import folder_name
-from ..dualanodiff_core.dataset_layout import LAYOUTS, check_names, mvtec_folders, mvtec_paths, next_index, pair_folders, pair_paths
+from ..dualanodiff_core.generation.dataset_layout import LAYOUTS, check_names, mvtec_folders, mvtec_paths, next_index, pair_folders, pair_paths
 from ..dualanodiff_core.errors import DualAnoDiffError
 
 

@@ -44,7 +44,7 @@ class DualAnoDiffExtractMask:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..dualanodiff_core.mask_methods import MASK_METHODS
+        from ..dualanodiff_core.masks.methods import MASK_METHODS
 
         return {
             "required": {

@@ -1,4 +1,4 @@
-"""Masks from generated anomaly-part images (ComfyUI layouts around dualanodiff_core.masks),
+"""Masks from generated anomaly-part images (ComfyUI layouts around dualanodiff_core.masks.extract),
 and the U-2-Net / SAM model loaders."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ OVERLAY_COLOUR = (1.0, 0.15, 0.1)
 def load_u2net_model(path: str):
     import comfy.model_management
 
-    from ..dualanodiff_core.u2net import load_u2net
+    from ..dualanodiff_core.masks.u2net import load_u2net
 
     return load_u2net(path, device=comfy.model_management.get_torch_device())
 
@@ -24,7 +24,7 @@ def load_sam_model(path: str):
     """A segment-anything ``Sam`` on ComfyUI's device; the variant (vit_b/l/h) is read from the weights."""
     import comfy.model_management
 
-    from ..dualanodiff_core.sam_loader import load_sam
+    from ..dualanodiff_core.masks.sam_loader import load_sam
 
     return load_sam(path, device=comfy.model_management.get_torch_device())
 
@@ -46,8 +46,8 @@ def extract(images: torch.Tensor, method: str, threshold: float, grow: int, blur
 
     ``threshold`` 0 takes the method's default (0.1 grey distance, 0.5 U-2-Net saliency).
     """
-    from ..dualanodiff_core.mask_methods import check_mask_method
-    from ..dualanodiff_core.masks import extract_masks
+    from ..dualanodiff_core.masks.methods import check_mask_method
+    from ..dualanodiff_core.masks.extract import extract_masks
 
     check_mask_method(method, {k for k, v in (("u2net", u2net), ("sam", sam)) if v is not None}, NODE_MODEL_HINTS)
     bchw = images[..., :3].permute(0, 3, 1, 2)

@@ -7,7 +7,7 @@ prompt and every anomaly row the anomaly prompt; a one-row negative reaches both
 from __future__ import annotations
 
 from ..dualanodiff_core.errors import DualAnoDiffError
-from ..dualanodiff_core.pairing import deinterleave, duplicate_rows, interleave, stack_token_rows
+from ..dualanodiff_core.model.pairing import deinterleave, duplicate_rows, interleave, stack_token_rows
 from .background import apply_background
 from .branch_conditioning import pair_options
 from .comfy_patches import find_patch_set

@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dualanodiff_core import demo  # noqa: E402
+from dualanodiff_core.demo import run as demo  # noqa: E402
 
 OPTIONS = {  # every set was run on the shipped base model; "shipped" is DemoConfig's defaults
     "shipped": {},

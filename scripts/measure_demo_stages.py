@@ -3,7 +3,7 @@
     .venv/bin/dualanodiff demo --out dualanodiff-demo
     .venv/bin/python scripts/measure_demo_stages.py --demo dualanodiff-demo     # table on stdout
 
-Stages (``dualanodiff_core/demo_stages.py`` holds the measurements):
+Stages (``dualanodiff_core/demo/stages.py`` holds the measurements):
 1. VAE round trip: IoU of the defect found by colour before and after encode/decode (world defect
    images, and the anomaly branch's targets: the defect alone on mid grey), and the alignment IoU of
    perfectly aligned real pairs after it (the most the demo's metric can reach with this VAE).
@@ -31,9 +31,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dualanodiff_core import demo, demo_stages, demo_world  # noqa: E402
-from dualanodiff_core.base_model import load_base_model  # noqa: E402
-from dualanodiff_core.masks import extract_masks  # noqa: E402
+from dualanodiff_core.demo import run as demo, stages as demo_stages, world as demo_world  # noqa: E402
+from dualanodiff_core.formats.base_model import load_base_model  # noqa: E402
+from dualanodiff_core.masks.extract import extract_masks  # noqa: E402
 
 SAMPLING = ((15, 2.5), (30, 2.5), (50, 2.5), (15, 1.5), (15, 4.0), (15, 6.0))
 THRESHOLDS = (0.1, 0.15, 0.2, 0.3, 0.4)

@@ -45,21 +45,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 MODULES = {
     "branch_math": {
-        "path": "dualanodiff_core/branch_math.py",
+        "path": "dualanodiff_core/model/branch_math.py",
         "tests": ["tests/test_branch_math.py", "tests/test_spec_paths.py", "tests/test_diffusers_adapter.py"],
     },
     "pairing": {
-        "path": "dualanodiff_core/pairing.py",
+        "path": "dualanodiff_core/model/pairing.py",
         "tests": ["tests/test_pairing.py"],
     },
     "checkpoint": {  # the validation: everything load_checkpoint refuses, and loading into layers
-        "path": "dualanodiff_core/checkpoint.py",
+        "path": "dualanodiff_core/formats/checkpoint.py",
         "tests": ["tests/test_checkpoint.py"],
         "functions": ["load_checkpoint", "_ours", "validate", "_check_keys", "_check_shapes",
                       "read_safetensors", "load_into_layers", "attention_paths", "layer_state_dict"],
     },
     "generate": {  # resume logic: the manifest, which indices are left, seeds, paths, merging parts
-        "path": "dualanodiff_core/generate.py",
+        "path": "dualanodiff_core/generation/generate.py",
         "tests": ["tests/test_bad_input.py", "tests/test_generate.py::test_seeds_batches_and_resume",
                   "tests/test_generate.py::test_layout_manifest_and_mvtec"],
         "pytest_args": ["-k", "generate"],  # test_bad_input.py's generate cases, and all of test_generate.py's

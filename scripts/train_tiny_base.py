@@ -2,7 +2,7 @@
 diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) that
 ``load_base_model`` reads like any SD 1.5 folder.
 
-    .venv/bin/python scripts/train_tiny_base.py                     # rewrites dualanodiff_core/demo_model
+    .venv/bin/python scripts/train_tiny_base.py                     # rewrites dualanodiff_core/demo/model
     .venv/bin/python scripts/train_tiny_base.py --out /tmp/m --preview /tmp/m.png
 
 Deterministic (seeded, CPU, fixed thread count): the same torch version gives the same weights.
@@ -39,8 +39,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dualanodiff_core import demo_world  # noqa: E402
-from dualanodiff_core.byte_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, write_byte_tokenizer  # noqa: E402
+from dualanodiff_core.demo import world as demo_world  # noqa: E402
+from dualanodiff_core.formats.byte_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, write_byte_tokenizer  # noqa: E402
 
 PROMPT = "a photo of an object"
 VAE_CONFIG = dict(
@@ -176,9 +176,9 @@ def train_unet(means, stds, scale: float, context: torch.Tensor, steps: int, bat
 
 def preview(folder: Path, path: Path, n: int = 16) -> None:
     """Base-model samples (DDIM 25 steps, guidance 3) in the first rows, world images in the last."""
-    from dualanodiff_core.base_model import load_base_model
+    from dualanodiff_core.formats.base_model import load_base_model
     from dualanodiff_core.image_io import grid, save_png
-    from dualanodiff_core.sampling import encode_prompts, make_scheduler, vae_decode
+    from dualanodiff_core.runtime.sampling import encode_prompts, make_scheduler, vae_decode
 
     base = load_base_model(folder)
     emb = encode_prompts(base.tokenizer, base.text_encoder, [PROMPT, ""])
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from dualanodiff_core.base_model import load_tokenizer
+    from dualanodiff_core.formats.base_model import load_tokenizer
 
     began = time.perf_counter()
     log = lambda msg: print(msg, flush=True)  # noqa: E731
@@ -254,7 +254,7 @@ def main(argv=None) -> int:
     shutil.copy(bundled / "model_index.json", tmp)
     (tmp / "README.md").write_text(
         f"Tiny SD-shaped base model of the DualAnoDiff demo, trained on normal objects of "
-        f"dualanodiff_core/demo_world.py with prompt {PROMPT!r} by scripts/train_tiny_base.py "
+        f"dualanodiff_core/demo/world.py with prompt {PROMPT!r} by scripts/train_tiny_base.py "
         f"(--vae-steps {args.vae_steps} --unet-steps {args.unet_steps} --vae-batch {args.vae_batch} --batch {args.batch} --threads {args.threads}).\n",
         encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from dualanodiff_core.diffusers_adapter import DualAnoDiffUNet, attention_modules, build_layers
+from dualanodiff_core.runtime.diffusers_adapter import DualAnoDiffUNet, attention_modules, build_layers
 
-from dualanodiff_core.layers import layer_key
+from dualanodiff_core.model.layers import layer_key
 from tiny_models import tiny_unet
 
 

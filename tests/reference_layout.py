@@ -1,6 +1,6 @@
 """Writes state dicts in the reference implementation's key layout (reference-method.md section 7).
 
-Written from the spec, independently of dualanodiff_core.reference_import.
+Written from the spec, independently of dualanodiff_core.formats.reference_import.
 """
 from __future__ import annotations
 

@@ -16,10 +16,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from dual_fixtures import random_layers
-from dualanodiff_core.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, open_checkpoint, save_checkpoint
+from dualanodiff_core.formats.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, open_checkpoint, save_checkpoint
 from dualanodiff_core.cli import build_parser, main
-from dualanodiff_core.diffusers_adapter import attention_modules
-from dualanodiff_core.layers import layer_key
+from dualanodiff_core.runtime.diffusers_adapter import attention_modules
+from dualanodiff_core.model.layers import layer_key
 from dualanodiff_core.options import from_namespace
 from dualanodiff_core.errors import DualAnoDiffError
 from reference_layout import reference_state_dict
@@ -199,7 +199,7 @@ def _namespace(argv: str, **fmt) -> argparse.Namespace:
     (GEN + " --seed 5 --output-dir {ws}/data", r"other settings \(seed: 0 there, 5 now\)"),
 ])
 def test_python_api_generate_raises_the_same_errors(ws, tiny_sd, argv, message):
-    from dualanodiff_core.generate import GenerateConfig, generate
+    from dualanodiff_core.generation.generate import GenerateConfig, generate
 
     before = _snapshot(ws)
     with pytest.raises(DualAnoDiffError, match=message):
@@ -208,8 +208,8 @@ def test_python_api_generate_raises_the_same_errors(ws, tiny_sd, argv, message):
 
 
 def test_python_api_train_raises_the_same_errors(ws, tiny_sd):
-    from dualanodiff_core.train_args import TrainConfig
-    from dualanodiff_core.trainer import train
+    from dualanodiff_core.training.train_args import TrainConfig
+    from dualanodiff_core.training.trainer import train
 
     before = _snapshot(ws)
     with pytest.raises(DualAnoDiffError, match=r"other settings \(lr: 2e-05 there, 0.001 now\)"):

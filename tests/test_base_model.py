@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dualanodiff_core.base_model import BaseModelError, find_tokenizer, load_base_model
+from dualanodiff_core.formats.base_model import BaseModelError, find_tokenizer, load_base_model
 from tiny_models import tiny_unet, write_tiny_tokenizer
 
 
@@ -99,7 +99,7 @@ def test_tokenizer_json_alone_loads_with_the_same_ids(tiny_sd, tmp_path):
     assert find_tokenizer(folder, tokenizer=folder / "tokenizer") == folder / "tokenizer"
     # and the commands that read a base folder take it
     from dual_fixtures import random_layers
-    from dualanodiff_core.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
+    from dualanodiff_core.formats.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
 
     unet = tiny_unet()
     ckpt = save_checkpoint(tmp_path / "c.safetensors", DualAnoDiffCheckpoint(

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from dualanodiff_core import branch_math
-from dualanodiff_core.layers import BCMFusion, SAIM
+from dualanodiff_core.model import branch_math
+from dualanodiff_core.model.layers import BCMFusion, SAIM
 from spec_reference import bcm_rows, lora_rows, saim_pairs, saim_params_from_module
 
 PAIR_COUNTS = [1, 2, 3, 5]

@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from dual_fixtures import dual_unet, pair_inputs
 from dualanodiff_core import CheckpointError, load_checkpoint, load_dual_unet
-from dualanodiff_core.checkpoint import (
+from dualanodiff_core.formats.checkpoint import (
     DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint,
 )
 from tiny_models import tiny_unet
@@ -256,8 +256,8 @@ def test_metadata_is_plain_strings(saved):
 def test_schema_is_the_layers_own(tmp_path):
     """The checkpoint's expected keys and shapes come from the modules: a parameter added to the
     layers is expected in every file at once, with no list to update."""
-    from dualanodiff_core import layers as layers_module
-    from dualanodiff_core.diffusers_adapter import attention_dims
+    from dualanodiff_core.model import layers as layers_module
+    from dualanodiff_core.runtime.diffusers_adapter import attention_dims
 
     dual, ckpt = _checkpoint(bcm=True)
     for dims in attention_dims(dual.unet):

@@ -8,10 +8,10 @@ import torch
 from safetensors import safe_open
 
 from dual_fixtures import dual_unet
-from dualanodiff_core.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
+from dualanodiff_core.formats.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
 from dualanodiff_core.cli import build_parser, main
-from dualanodiff_core.diffusers_adapter import attention_modules
-from dualanodiff_core.layers import layer_key
+from dualanodiff_core.runtime.diffusers_adapter import attention_modules
+from dualanodiff_core.model.layers import layer_key
 
 
 def _subparsers(parser):

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from dualanodiff_core.errors import DualAnoDiffError
-from dualanodiff_core.data import DataError, PairTensors, check_pairs, few_shot_count, folder_pairs, mvtec_pairs
+from dualanodiff_core.training.data import DataError, PairTensors, check_pairs, few_shot_count, folder_pairs, mvtec_pairs
 from synthetic_data import write_mvtec_category
 
 
@@ -70,7 +70,7 @@ def test_bad_data_lists_every_offender(tmp_path):
 
 
 def test_flip_rules_follow_the_reference_and_the_orientation_categories():
-    from dualanodiff_core.data import flips_for
+    from dualanodiff_core.training.data import flips_for
 
     assert flips_for("reference", "cable") == (False, False), "the reference never flips cable"
     assert flips_for("reference", "metal_nut") == flips_for("reference", "bottle") == (True, True)
@@ -105,7 +105,7 @@ def _real_shaped_mask(size: int = 1024, seed: int = 0) -> np.ndarray:
 def test_reference_resampling_is_bilinear_then_half_and_differs_from_nearest_only_at_edges(tmp_path):
     """Measured over 10 such masks at 512 px: 0.12 % of pixels differ between the bilinear (reference)
     and the nearest-neighbour masks, IoU 0.975, every difference on the boundary (docs in the README)."""
-    from dualanodiff_core.data import _load_mask, _load_rgb
+    from dualanodiff_core.training.data import _load_mask, _load_rgb
 
     mask = _real_shaped_mask()
     Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "m.png")

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from dualanodiff_core import dataset_layout as L
+from dualanodiff_core.generation import dataset_layout as L
 from dualanodiff_core.errors import DualAnoDiffError
-from dualanodiff_core.generate import sample_paths
+from dualanodiff_core.generation.generate import sample_paths
 
 
 def test_paths_of_both_layouts_and_generate_uses_them(tmp_path):

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from dualanodiff_core import demo_world
-from dualanodiff_core.byte_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, write_byte_tokenizer
+from dualanodiff_core.demo import world as demo_world
+from dualanodiff_core.formats.byte_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, write_byte_tokenizer
 
 
 @pytest.mark.parametrize("defect", [None, *demo_world.DEFECTS])
@@ -34,7 +34,7 @@ def test_world_varies_and_defect_finder_survives_blur():
 
 
 def test_byte_tokenizer_is_read_by_clip_tokenizer(tmp_path):
-    from dualanodiff_core.base_model import load_tokenizer
+    from dualanodiff_core.formats.base_model import load_tokenizer
 
     tok = load_tokenizer(write_byte_tokenizer(tmp_path))
     assert len(tok) == VOCAB_SIZE

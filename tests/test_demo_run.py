@@ -20,12 +20,12 @@ import json
 import torch
 
 from dualanodiff_core.cli import main
-from dualanodiff_core.demo import DEMO_MODEL
+from dualanodiff_core.demo.run import DEMO_MODEL
 
 
 def test_shipped_model_loads_like_an_sd_folder_and_samples():
-    from dualanodiff_core.base_model import load_base_model
-    from dualanodiff_core.sampling import encode_prompts, latent_scale, make_scheduler, vae_decode
+    from dualanodiff_core.formats.base_model import load_base_model
+    from dualanodiff_core.runtime.sampling import encode_prompts, latent_scale, make_scheduler, vae_decode
 
     size = sum(f.stat().st_size for f in DEMO_MODEL.rglob("*") if f.is_file())
     assert size <= 25 * 2 ** 20, "the shipped model stays small (the demo issue's budget: 25 MB)"
@@ -86,8 +86,8 @@ FLOORS = {
 def test_metrics_score_the_worlds_own_defects_as_perfect_and_shifted_masks_lower():
     import numpy as np
 
-    from dualanodiff_core import demo_world
-    from dualanodiff_core.demo import diversity, metrics
+    from dualanodiff_core.demo import world as demo_world
+    from dualanodiff_core.demo.run import diversity, metrics
 
     world = demo_world.samples(6, seed=3, defect="spot")
     images, masks = np.stack([s.image for s in world]), np.stack([s.mask for s in world])

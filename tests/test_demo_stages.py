@@ -3,7 +3,7 @@ damaged ones lower, and the shipped VAE keeps the alignment ceiling measured for
 import numpy as np
 import pytest
 
-from dualanodiff_core import demo_stages, demo_world
+from dualanodiff_core.demo import stages as demo_stages, world as demo_world
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,8 @@ def test_damaged_pairs_score_lower(world):
 
 
 def test_shipped_vae_keeps_its_measured_alignment_ceiling():
-    from dualanodiff_core.base_model import load_base_model
-    from dualanodiff_core.demo import DEMO_MODEL
+    from dualanodiff_core.formats.base_model import load_base_model
+    from dualanodiff_core.demo.run import DEMO_MODEL
 
     vae = load_base_model(DEMO_MODEL).vae
     # measured 0.858 for scratch at the demo's threshold 0.2 (0.833 with the previous 16/32/32 VAE)

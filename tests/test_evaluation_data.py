@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dualanodiff_core import demo_world
-from dualanodiff_core.data import few_shot_count
+from dualanodiff_core.demo import world as demo_world
+from dualanodiff_core.training.data import few_shot_count
 from dualanodiff_core.errors import DualAnoDiffError
 from dualanodiff_core.evaluation.baselines import CropPaste, object_masks, real_only
 from dualanodiff_core.evaluation.loading import load_category, tensor_pairs

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dualanodiff_core import demo_world
+from dualanodiff_core.demo import world as demo_world
 from dualanodiff_core.errors import DualAnoDiffError
 from dualanodiff_core.evaluation.demo_world_eval import DemoEvalConfig, evaluate_demo_world, world_data
 from dualanodiff_core.evaluation.loading import tensor_pairs

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from dual_fixtures import random_layers
-from dualanodiff_core.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
+from dualanodiff_core.formats.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
 from dualanodiff_core.cli import main
 from synthetic_data import write_object_masks
 from tiny_models import tiny_unet
@@ -46,7 +46,7 @@ def _direct_samples(tiny_sd, ckpt_path, seeds, steps=3, guidance=2.5):
     from diffusers import PNDMScheduler
 
     from dualanodiff_core import load_checkpoint, load_dual_unet
-    from dualanodiff_core.base_model import load_base_model
+    from dualanodiff_core.formats.base_model import load_base_model
 
     base = load_base_model(tiny_sd)
     dual = load_dual_unet(base.unet, load_checkpoint(ckpt_path), text_encoder=base.text_encoder)
@@ -99,7 +99,7 @@ def test_layout_manifest_and_mvtec(tiny_sd, checkpoints, tmp_path):
     mask = _pixels(root / "mask" / "2.png") > 0
     assert lines[2]["mask_empty"] == (not mask.any())
     # values: each saved file is the right picture of the right sample, not just a file of the right shape
-    from dualanodiff_core.masks import extract_masks
+    from dualanodiff_core.masks.extract import extract_masks
 
     global_imgs, anomaly, anomaly_float = _direct_samples(tiny_sd, checkpoints[False], [0, 1, 2])
     expected_masks = extract_masks(anomaly_float, "threshold", threshold=0.018).binary[:, 0].numpy()
@@ -181,7 +181,7 @@ def _spy_on_sampler(monkeypatch):
     """Record what `generate` hands the paired sampler and the latents it gets back (the generated
     images before the VAE: the tiny test VAE decodes nearly everything to grey, so PNGs hide most of
     what the backgrounds do)."""
-    import dualanodiff_core.sampling as sampling
+    import dualanodiff_core.runtime.sampling as sampling
 
     calls, real = [], sampling.sample_pairs
 
@@ -219,7 +219,7 @@ def _expected_backgrounds(base_model, folder, masks, indices):
     black), VAE-encoded without the 0.18215 scaling; sample i takes the i-th image (cyclically)."""
     import torch
 
-    from dualanodiff_core.base_model import load_base_model
+    from dualanodiff_core.formats.base_model import load_base_model
 
     files = sorted(folder.iterdir())
     vae = load_base_model(base_model).vae

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dualanodiff_core import DualAnoDiffError
-from dualanodiff_core.masks import (
+from dualanodiff_core.masks.extract import (
     MaskResult, component_boxes, extract_masks, fill_holes, grow_and_blur, label_components,
     remove_small, sam_refine, threshold_mask, to_bchw, u2net_mask,
 )
@@ -441,8 +441,8 @@ def test_missing_packages_say_what_to_install(monkeypatch, blocked, hint):
 def test_one_table_of_mask_methods_feeds_the_cli_and_the_node():
     import argparse
 
-    from dualanodiff_core.generate import add_arguments
-    from dualanodiff_core.masks import MASK_METHODS, check_mask_method
+    from dualanodiff_core.generation.generate import add_arguments
+    from dualanodiff_core.masks.extract import MASK_METHODS, check_mask_method
 
     p = argparse.ArgumentParser()
     add_arguments(p)
@@ -457,7 +457,7 @@ def test_one_table_of_mask_methods_feeds_the_cli_and_the_node():
 
 @pytest.mark.parametrize("depth, variant", [(12, "vit_b"), (24, "vit_l"), (32, "vit_h")])
 def test_sam_variant_comes_from_the_image_encoder_depth(depth, variant):
-    from dualanodiff_core.sam_loader import sam_variant
+    from dualanodiff_core.masks.sam_loader import sam_variant
 
     state = {f"image_encoder.blocks.{i}.attn.qkv.weight": None for i in range(depth)}
     state["mask_decoder.iou_token.weight"] = None
@@ -465,7 +465,7 @@ def test_sam_variant_comes_from_the_image_encoder_depth(depth, variant):
 
 
 def test_sam_loader_refuses_missing_and_foreign_files(tmp_path):
-    from dualanodiff_core.sam_loader import load_sam
+    from dualanodiff_core.masks.sam_loader import load_sam
 
     with pytest.raises(DualAnoDiffError, match="SAM checkpoint not found"):
         load_sam(tmp_path / "sam_vit_b_01ec64.pth")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from dualanodiff_core import generate as generate_module
-from dualanodiff_core import train_args
+from dualanodiff_core.generation import generate as generate_module
+from dualanodiff_core.training import train_args
 from dualanodiff_core.errors import DualAnoDiffError
-from dualanodiff_core.generate import GenerateConfig
+from dualanodiff_core.generation.generate import GenerateConfig
 from dualanodiff_core.options import as_dict, defaults_of, from_namespace
-from dualanodiff_core.train_args import TrainConfig
+from dualanodiff_core.training.train_args import TrainConfig
 
 
 def _parser(add_arguments):

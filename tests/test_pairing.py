@@ -1,10 +1,10 @@
-"""dualanodiff_core.pairing: the pair layout ``[g0, a0, g1, a1, ...]`` (reference-method.md section 1),
+"""dualanodiff_core.model.pairing: the pair layout ``[g0, a0, g1, a1, ...]`` (reference-method.md section 1),
 row by row against explicit expectations (these helpers feed the ComfyUI sampling glue)."""
 import pytest
 import torch
 
 from dualanodiff_core import DualAnoDiffError
-from dualanodiff_core.pairing import deinterleave, duplicate_rows, interleave, repeat_tokens_to, stack_token_rows
+from dualanodiff_core.model.pairing import deinterleave, duplicate_rows, interleave, repeat_tokens_to, stack_token_rows
 
 
 def _rows(n, tag, shape=(2, 3)):

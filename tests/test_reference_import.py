@@ -6,11 +6,11 @@ from safetensors.torch import save_file
 
 from dual_fixtures import pair_inputs, random_layers
 from dualanodiff_core import CheckpointError, load_dual_unet
-from dualanodiff_core.checkpoint import load_checkpoint
+from dualanodiff_core.formats.checkpoint import load_checkpoint
 from dualanodiff_core.cli import main
-from dualanodiff_core.diffusers_adapter import attention_modules
-from dualanodiff_core.layers import layer_key
-from dualanodiff_core.reference_import import convert_reference
+from dualanodiff_core.runtime.diffusers_adapter import attention_modules
+from dualanodiff_core.model.layers import layer_key
+from dualanodiff_core.formats.reference_import import convert_reference
 from reference_layout import reference_state_dict
 from spec_reference import spec_forward
 from tiny_models import tiny_unet
@@ -49,7 +49,7 @@ def test_reference_file_converts_and_reproduces_the_spec(tmp_path, suffix, bcm):
 
 
 def test_text_encoder_lora_is_imported_and_applied(tmp_path):
-    from dualanodiff_core.text_encoder_lora import clip_attention_linears
+    from dualanodiff_core.formats.text_encoder_lora import clip_attention_linears
     from tiny_models import tiny_text_encoder
 
     unet, te = tiny_unet(), tiny_text_encoder()

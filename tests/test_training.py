@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from dualanodiff_core import load_checkpoint
 from dualanodiff_core.cli import main
-from dualanodiff_core import trainer as trainer_module
+from dualanodiff_core.training import trainer as trainer_module
 from synthetic_data import write_object_masks
 
 
@@ -109,7 +109,7 @@ def test_epoch_batches_pass_over_every_pair_once_per_pass_and_resume_alike():
 @pytest.mark.parametrize("category, flip, expected", [("cable", "reference", False), ("bottle", "reference", True),
                                                       ("bottle", "none", False)])
 def test_flips_reach_the_batches_by_category(tiny_sd, tmp_path, monkeypatch, category, flip, expected):
-    from dualanodiff_core.data import PairTensors
+    from dualanodiff_core.training.data import PairTensors
     from synthetic_data import write_mvtec_category
 
     data = write_mvtec_category(tmp_path / category, n=6)

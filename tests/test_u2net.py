@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import save_file
 
 from dualanodiff_core import DualAnoDiffError
-from dualanodiff_core.u2net import (
+from dualanodiff_core.masks.u2net import (
     U2NET, U2NETP, background_from_saliency, load_u2net, saliency,
 )
 

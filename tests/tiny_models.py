@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from dualanodiff_core.byte_tokenizer import byte_level_chars, write_byte_tokenizer  # noqa: F401
+from dualanodiff_core.formats.byte_tokenizer import byte_level_chars, write_byte_tokenizer  # noqa: F401
 
 TINY_UNET_CONFIG = dict(
     sample_size=8,

@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..masks import clean_mask, label_components
+from ..masks.extract import clean_mask, label_components
 from .images import to_float
 from .sources import PairPool, Pairs
 

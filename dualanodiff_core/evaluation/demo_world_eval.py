@@ -1,9 +1,9 @@
-"""The downstream evaluation in the demo's toy world (:mod:`dualanodiff_core.demo_world`), at 64 px.
+"""The downstream evaluation in the demo's toy world (:mod:`dualanodiff_core.demo.world`), at 64 px.
 
 What a detector gains from each generated set over the two baselines, on a held-out test set the
 world draws fresh: defect images of the demo's defect type and normal images, from seeds no other part
 of the demo uses. The few shots are the demo's own (``demo_world.samples(shots, seed=1000 + seed,
-defect)``, as :func:`dualanodiff_core.demo.write_few_shot` writes them), so the baselines start from
+defect)``, as :func:`dualanodiff_core.demo.run.write_few_shot` writes them), so the baselines start from
 exactly what the generator was trained on.
 
     from dualanodiff_core.evaluation.demo_world_eval import DemoEvalConfig, evaluate_demo_world
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import demo_world
+from ..demo import world as demo_world
 from ..errors import DualAnoDiffError
 from .loading import tensor_pairs, training_sets
 from .run import EvalData, TrainingSet, choose_device, evaluate, selection_data

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..masks import label_components
+from ..masks.extract import label_components
 
 PRO_LIMIT = 0.3
 IMAGE_POOL = 21

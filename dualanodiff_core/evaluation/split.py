@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import few_shot_count
+from ..training.data import few_shot_count
 from ..errors import DualAnoDiffError
 from .images import check_same_size, image_files
 

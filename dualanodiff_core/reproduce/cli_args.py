@@ -8,8 +8,8 @@ from pathlib import Path
 
 from .. import checks
 from ..errors import DualAnoDiffError
-from ..data import FLIP_RULES, RESAMPLING
-from ..train_args import BATCHES
+from ..training.data import FLIP_RULES, RESAMPLING
+from ..training.train_args import BATCHES
 from .plan import ReproduceConfig
 
 
@@ -118,7 +118,7 @@ def print_plan(stages: list, cfg: ReproduceConfig, seconds, out=None) -> float:
 
 
 def run(args) -> int:
-    from ..base_model import check_base_model
+    from ..formats.base_model import check_base_model
     from .estimate import measure, parse_step_seconds
     from .plan import build_plan
     from .runner import process_position, run_share, wait_for

@@ -59,12 +59,12 @@ def measure(cfg: ReproduceConfig, first_train: Stage, cpu: bool = False, repeats
     """Time the three steps on this machine with the real models and data of ``first_train``."""
     from accelerate import Accelerator
 
-    from ..base_model import load_base_model
-    from ..sampling import latent_scale
+    from ..formats.base_model import load_base_model
+    from ..runtime.sampling import latent_scale
     from ..evaluation.detector import DiscriminativeUNet, focal_loss
     from ..evaluation.training import DetectorConfig
-    from ..train_args import parse_args
-    from ..trainer import DualTrainer
+    from ..training.train_args import parse_args
+    from ..training.trainer import DualTrainer
 
     # later options win: the timing run writes nothing, but gets a folder of its own
     args = parse_args([*first_train.argv, "--output-dir", str(cfg.output_dir / "timing"), "--validate-every", "0",

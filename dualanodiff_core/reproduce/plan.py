@@ -153,13 +153,13 @@ def build_plan(cfg: ReproduceConfig) -> list:
 def status(stage: Stage, cfg: ReproduceConfig) -> str:
     """``done``, ``partial`` (a resumable start exists) or ``pending``, from the files alone."""
     if stage.kind == "train":
-        from ..train_checkpoints import checkpoint_dirs
+        from ..training.train_checkpoints import checkpoint_dirs
 
         if stage.output.is_file():
             return "done"
         return "partial" if checkpoint_dirs(stage.output.parent) else "pending"
     if stage.kind == "generate":
-        from ..generate import read_manifest
+        from ..generation.generate import read_manifest
 
         done = len(read_manifest(stage.output)) if stage.output.is_dir() else 0
         return "done" if done >= cfg.pairs else "partial" if done else "pending"
@@ -170,7 +170,7 @@ def status(stage: Stage, cfg: ReproduceConfig) -> str:
 
 def resume_flags(stage: Stage, cfg: ReproduceConfig) -> list:
     """What a stage needs to continue a partial run instead of refusing it."""
-    from ..train_checkpoints import checkpoint_dirs
+    from ..training.train_checkpoints import checkpoint_dirs
 
     if stage.kind == "train" and not stage.output.is_file() and checkpoint_dirs(stage.output.parent):
         return ["--resume", "latest"]

@@ -51,7 +51,7 @@ def tiny_inputs(server):
     and a tiny U-2-Net (the real u2netp architecture, seeded random weights, 4.7 MB) in models/u2net."""
     import torch
 
-    from dualanodiff_core.u2net import U2NETP
+    from dualanodiff_core.masks.u2net import U2NETP
 
     size = 64
     rng = np.random.default_rng(0)

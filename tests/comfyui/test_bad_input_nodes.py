@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 
 import harness
 from dual_fixtures import random_layers
-from dualanodiff_core.diffusers_adapter import attention_modules
-from dualanodiff_core.layers import layer_key
+from dualanodiff_core.runtime.diffusers_adapter import attention_modules
+from dualanodiff_core.model.layers import layer_key
 from reference_layout import reference_state_dict
 from tiny_models import tiny_unet
 from workflow_fixtures import pack_module, write_checkpoint

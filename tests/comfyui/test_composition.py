@@ -81,8 +81,8 @@ def test_stock_lora_and_dualanodiff_both_act_in_either_order(pack, ckpt, tmp_pat
     import folder_paths
     import nodes as comfy_nodes
 
-    from dualanodiff_core.checkpoint import load_checkpoint
-    from dualanodiff_core.kohya_export import export_loras
+    from dualanodiff_core.formats.checkpoint import load_checkpoint
+    from dualanodiff_core.formats.kohya_export import export_loras
 
     loras = Path(folder_paths.get_folder_paths("loras")[0])
     export_loras(load_checkpoint(ckpt), loras, "compose_stock", parts=["anomaly"], dtype=torch.float32, overwrite=True)

@@ -7,9 +7,9 @@ import torch
 
 import harness
 from dual_fixtures import random_layers
-from dualanodiff_core.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
+from dualanodiff_core.formats.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
 from dualanodiff_core.cli import main
-from dualanodiff_core.diffusers_adapter import DualAnoDiffUNet
+from dualanodiff_core.runtime.diffusers_adapter import DualAnoDiffUNet
 from tiny_models import tiny_unet
 
 
@@ -64,7 +64,7 @@ def test_exported_branch_lora_matches_our_branch(exported, branch, row):
 def test_exported_text_encoder_lora_keys_are_comfyui_clip_keys(tmp_path):
     """Every exported text-encoder key maps onto a CLIP-L weight in ComfyUI's own LoRA key table."""
     import comfy.lora
-    from dualanodiff_core.kohya_export import text_encoder_lora_tensors
+    from dualanodiff_core.formats.kohya_export import text_encoder_lora_tensors
 
     te = {f"text_model.encoder.layers.{i}.self_attn.{p}": (torch.zeros(4, 768), torch.zeros(768, 4))
           for i in range(12) for p in ("q_proj", "k_proj", "v_proj", "out_proj")}

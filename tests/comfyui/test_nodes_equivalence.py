@@ -134,8 +134,8 @@ def test_reference_checkpoint_loads_directly(pack, ckpt_dir, bcm):
     from safetensors.torch import save_file
 
     from dual_fixtures import random_layers
-    from dualanodiff_core.diffusers_adapter import attention_modules
-    from dualanodiff_core.layers import layer_key
+    from dualanodiff_core.runtime.diffusers_adapter import attention_modules
+    from dualanodiff_core.model.layers import layer_key
     from reference_layout import reference_state_dict
     from spec_reference import spec_forward
 

@@ -63,7 +63,7 @@ def red_detector_u2netp() -> dict:
     except one path that carries the (normalised) red channel from the input through stage1, stage1d
     and side1 into the fused output, so d0 = sigmoid(relu(red)): a map that is high exactly where the
     image is reddest and flat on a flat image."""
-    from dualanodiff_core.u2net import U2NETP
+    from dualanodiff_core.masks.u2net import U2NETP
 
     sd = U2NETP().state_dict()
     for key, value in sd.items():

@@ -1,12 +1,12 @@
 """A single-file SD-1 checkpoint in the layout ComfyUI and A1111 use (written here with ComfyUI's own
-key maps) loads offline through dualanodiff_core.base_model with identical weights."""
+key maps) loads offline through dualanodiff_core.formats.base_model with identical weights."""
 from __future__ import annotations
 
 import torch
 from safetensors.torch import save_file
 
 import harness
-from dualanodiff_core.base_model import load_base_model
+from dualanodiff_core.formats.base_model import load_base_model
 from tiny_models import save_tiny_pipeline, tiny_text_encoder, tiny_unet, tiny_vae
 
 

@@ -7,7 +7,7 @@ import torch
 
 import harness
 from dual_fixtures import random_layers
-from dualanodiff_core.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
+from dualanodiff_core.formats.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
 from tiny_models import tiny_unet
 
 EXTRA_TYPES = ("CLIP", "VAE", "BACKGROUND", "U2NET_MODEL", "CONTROL_NET")

@@ -6,10 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import checks
+from .. import checks
 from .data import FLIP_RULES, RESAMPLING, SPLITS
-from .errors import DualAnoDiffError
-from .options import from_namespace, use_defaults_of
+from ..errors import DualAnoDiffError
+from ..options import from_namespace, use_defaults_of
 
 # Settings a resumable checkpoint was taken with; resuming with others would train a different model.
 RESUME_SETTINGS = ("mvtec", "defect", "split", "images", "masks", "base_model", "rank", "no_text_encoder_lora",
@@ -195,7 +195,7 @@ def check_arguments(args) -> None:
 
 def parse_args(argv=None) -> TrainConfig:
     """The configuration of a ``dualanodiff train`` command line (checked, defaults filled)."""
-    from .cli import ArgumentParser
+    from ..cli import ArgumentParser
 
     p = ArgumentParser(prog="dualanodiff train")
     add_arguments(p)

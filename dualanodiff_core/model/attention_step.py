@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from .branch_math import GLOBAL
-from .errors import DualAnoDiffError
+from ..errors import DualAnoDiffError
 from .passes import PassContext
 from .strengths import Strengths
 

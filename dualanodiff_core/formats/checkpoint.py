@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
-from .io_utils import atomic_save_safetensors
-from .layers import AttentionDims, expected_tensors, layer_path
+from ..errors import CheckpointError
+from ..io_utils import atomic_save_safetensors
+from ..model.layers import AttentionDims, expected_tensors, layer_path
 
 FORMAT_NAME = "dualanodiff"
 FORMAT_VERSION = 1

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention_step import after_attention, key_value_input, lora_delta
-from .branch_math import GLOBAL
-from .layers import AttentionDims, DualAttentionLayers, build_dual_layers, layer_key
-from .passes import PLAIN_PASS, PassContext
-from .strengths import Strengths
+from ..model.attention_step import after_attention, key_value_input, lora_delta
+from ..model.branch_math import GLOBAL
+from ..model.layers import AttentionDims, DualAttentionLayers, build_dual_layers, layer_key
+from ..model.passes import PLAIN_PASS, PassContext
+from ..model.strengths import Strengths
 
 
 @dataclass
@@ -180,8 +180,8 @@ def load_dual_unet(
     The UNet keeps its weights; the text encoder, if given, gets the checkpoint's shared LoRA
     (through peft). Layers take the UNet's device and dtype.
     """
-    from .checkpoint import DualAnoDiffCheckpoint, load_checkpoint
-    from .text_encoder_lora import apply_text_encoder_lora
+    from ..formats.checkpoint import DualAnoDiffCheckpoint, load_checkpoint
+    from ..formats.text_encoder_lora import apply_text_encoder_lora
 
     ckpt = checkpoint if isinstance(checkpoint, DualAnoDiffCheckpoint) else load_checkpoint(Path(checkpoint))
     layers = build_layers(unet, rank=ckpt.rank, saim=ckpt.has("saim"), bcm=ckpt.has("bcm"))

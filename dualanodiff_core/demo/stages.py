@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import demo_world
+from . import world as demo_world
 
 # Background pixels are grey (saturation below 0.12), objects and defects saturated (0.45 and more).
 OBJECT_SATURATION = 0.25
@@ -61,7 +61,7 @@ def stray_defect_colour(generated: np.ndarray, masks: np.ndarray) -> float:
 def defect_pieces(images: np.ndarray) -> dict:
     """How broken the defects are: over images that show defect colour, the mean number of its
     8-connected pieces and the share of images whose defect is one piece (a world scratch: 1 and 1)."""
-    from .masks import label_components
+    from ..masks.extract import label_components
 
     labels = label_components(torch.from_numpy(demo_world.defect_pixels(images)), 8)
     pieces = np.array([len(torch.unique(lab[lab > 0])) for lab in labels if (lab > 0).any()])
@@ -93,7 +93,7 @@ def extraction_stats(samples: dict) -> dict:
 @torch.no_grad()
 def vae_round_trip(vae, images: np.ndarray) -> np.ndarray:
     """Images (N, H, W, 3) in [0, 1] through the VAE (posterior mean), back in [0, 1]."""
-    from .sampling import vae_decode, vae_encode
+    from ..runtime.sampling import vae_decode, vae_encode
 
     x = torch.from_numpy(np.asarray(images, np.float32)).permute(0, 3, 1, 2) * 2 - 1
     return vae_decode(vae, vae_encode(vae, x)).permute(0, 2, 3, 1).numpy()
@@ -124,7 +124,7 @@ def vae_alignment_ceiling(vae, defect: str, threshold: float, n: int = 64, seed:
     their anomaly targets (the defect on mid grey) each go through encode/decode, the mask is cut out
     of the decoded anomaly image as the demo cuts it, and compared with the decoded global image's
     defect colour. What is left below it is lost by training and sampling, not by the autoencoder."""
-    from .masks import extract_masks
+    from ..masks.extract import extract_masks
 
     world = demo_world.samples(n, seed=seed, defect=defect)
     images = np.stack([s.image for s in world])
@@ -139,7 +139,7 @@ def vae_alignment_ceiling(vae, defect: str, threshold: float, n: int = 64, seed:
 def base_samples(base, n: int = 64, steps: int = 25, guidance: float = 3.0, prompt: str = "a photo of an object",
                  seed: int = 5) -> np.ndarray:
     """Plain text-to-image samples of the base model (DDIM), (n, H, W, 3) in [0, 1]."""
-    from .sampling import encode_prompts, latent_scale, make_scheduler, vae_decode
+    from ..runtime.sampling import encode_prompts, latent_scale, make_scheduler, vae_decode
 
     emb = encode_prompts(base.tokenizer, base.text_encoder, [prompt, ""])
     sched = make_scheduler("ddim", base.scheduler_config)

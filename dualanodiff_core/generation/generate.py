@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from . import checks
+from .. import checks
 from .dataset_layout import check_names, mvtec_paths, pair_paths
-from .dtypes import torch_dtype
-from .errors import DualAnoDiffError
-from .mask_methods import MASK_METHODS, METHODS, check_mask_method
-from .options import use_defaults_of
-from .sampling import SCHEDULERS
+from ..runtime.dtypes import torch_dtype
+from ..errors import DualAnoDiffError
+from ..masks.methods import MASK_METHODS, METHODS, check_mask_method
+from ..options import use_defaults_of
+from ..runtime.sampling import SCHEDULERS
 
 CLI_MODEL_HINTS = {"u2net": "--u2net FILE (u2net.pth or u2netp.pth)",
                    "sam": "--sam FILE (sam_vit_b_01ec64.pth, sam_vit_l or sam_vit_h)"}
@@ -125,8 +125,8 @@ def _device_dtype(args, accelerator):
 
 def _background_latents(args, vae, size: int) -> torch.Tensor:
     """Clean unscaled latents of the good images with the object cut out (reference BCM inference)."""
-    from .data import _images, _load_rgb, load_object_masks, Pair
-    from .sampling import vae_encode
+    from ..training.data import _images, _load_rgb, load_object_masks, Pair
+    from ..runtime.sampling import vae_encode
 
     files = _images(args.backgrounds)
     if not files:
@@ -135,7 +135,7 @@ def _background_latents(args, vae, size: int) -> torch.Tensor:
     if args.object_masks:
         obj = torch.stack([torch.from_numpy(m) for m in load_object_masks([Pair(f, f) for f in files], args.object_masks, size)]).unsqueeze(1)
     elif args.u2net:
-        from .u2net import load_u2net, saliency
+        from ..masks.u2net import load_u2net, saliency
 
         obj = saliency(load_u2net(args.u2net), images)
     else:
@@ -203,9 +203,9 @@ def check_arguments(args) -> None:
 
 def prepare(args) -> GenerateRun:
     """Check everything a run needs before any model loads or any file is written."""
-    from .base_model import check_base_model
-    from .checkpoint import open_checkpoint
-    from .data import _images
+    from ..formats.base_model import check_base_model
+    from ..formats.checkpoint import open_checkpoint
+    from ..training.data import _images
 
     check_arguments(args)
     check_base_model(args.base_model, args.tokenizer, args.comfyui, args.model_config)
@@ -245,16 +245,16 @@ def load(run: GenerateRun, device, dtype) -> Sampler:
     """Models and everything sampling reads, on ``device`` in ``dtype``."""
     from diffusers import DDPMScheduler
 
-    from .base_model import load_base_model, place
-    from .diffusers_adapter import load_dual_unet
-    from .sampling import encode_prompts, vae_encode
+    from ..formats.base_model import load_base_model, place
+    from ..runtime.diffusers_adapter import load_dual_unet
+    from ..runtime.sampling import encode_prompts, vae_encode
 
     args, ckpt = run.args, run.checkpoint
     method = MASK_METHODS[args.mask_method]
     sam = _load_sam(args.sam) if "sam" in method.uses else None
     u2net = None
     if args.u2net and "u2net" in method.uses:
-        from .u2net import load_u2net
+        from ..masks.u2net import load_u2net
 
         u2net = load_u2net(args.u2net)
     base = load_base_model(args.base_model, args.tokenizer, args.comfyui, args.model_config)
@@ -275,8 +275,8 @@ def load(run: GenerateRun, device, dtype) -> Sampler:
 def sample(run: GenerateRun, sampler: Sampler, batch: list) -> tuple:
     """Pairs ``batch`` (indices; pair i from seed SEED + i): decoded images, interleaved global/anomaly
     (2B, 3, H, W) in [0, 1], and their masks (a ``MaskResult``)."""
-    from .masks import extract_masks
-    from .sampling import latent_scale, make_scheduler, sample_pairs, vae_decode
+    from ..masks.extract import extract_masks
+    from ..runtime.sampling import latent_scale, make_scheduler, sample_pairs, vae_decode
 
     args = run.args
     gens = [torch.Generator().manual_seed(args.seed + i) for i in batch]
@@ -295,7 +295,7 @@ def sample(run: GenerateRun, sampler: Sampler, batch: list) -> tuple:
 def write(run: GenerateRun, batch: list, images: torch.Tensor, masks, manifest: Path) -> None:
     """The batch's files (only unfinished indices reach here) and then, per pair, its manifest line:
     a pair counts as done once its line exists."""
-    from .image_io import save_png
+    from ..image_io import save_png
 
     args, out = run.args, Path(run.args.output_dir)
     params = {k: v for k, v in run.settings.items() if k != "seed"} | {"run_seed": args.seed}
@@ -318,7 +318,7 @@ def generate(args: GenerateConfig) -> Path:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from .processes import announce
+    from ..processes import announce
 
     acc = Accelerator(cpu=args.cpu)
     announce(acc, "generate")
@@ -351,6 +351,6 @@ def _merge_manifests(root: Path) -> None:
 
 
 def _load_sam(path: Path):
-    from .sam_loader import load_sam
+    from ..masks.sam_loader import load_sam
 
     return load_sam(path)

@@ -15,18 +15,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
-from .base_model import place
+from ..formats.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
+from ..formats.base_model import place
 from .data import PairTensors, flips_for, folder_pairs, load_object_masks, mvtec_pairs
-from .diffusers_adapter import DualAnoDiffUNet, build_layers
-from .image_io import grid, save_png
-from .sampling import encode_prompts, latent_scale, make_scheduler, sample_pairs, vae_decode, vae_encode
-from .text_encoder_lora import add_text_encoder_lora, text_encoder_lora_tensors
+from ..runtime.diffusers_adapter import DualAnoDiffUNet, build_layers
+from ..image_io import grid, save_png
+from ..runtime.sampling import encode_prompts, latent_scale, make_scheduler, sample_pairs, vae_decode, vae_encode
+from ..formats.text_encoder_lora import add_text_encoder_lora, text_encoder_lora_tensors
 from .train_args import TrainConfig
-from . import checks
-from .dtypes import torch_dtype
-from .errors import DualAnoDiffError
-from .processes import announce
+from .. import checks
+from ..runtime.dtypes import torch_dtype
+from ..errors import DualAnoDiffError
+from ..processes import announce
 from .train_checkpoints import checkpoint_dirs, load_training_checkpoint, read_state, resolve_resume, save_training_checkpoint
 
 
@@ -67,7 +67,7 @@ def bcm_object_masks(args, pairs: list) -> list:
     if args.object_masks:
         return load_object_masks(pairs, args.object_masks, args.resolution)
     from .data import _load_rgb
-    from .u2net import load_u2net, saliency
+    from ..masks.u2net import load_u2net, saliency
 
     model = load_u2net(args.u2net)
     images = torch.stack([torch.from_numpy(_load_rgb(p.image, args.resolution, args.resample)).permute(2, 0, 1) for p in pairs])
@@ -151,7 +151,7 @@ class DualTrainer:
 
     @torch.no_grad()
     def validation_grid(self, step: int) -> Path:
-        from .masks import extract_masks
+        from ..masks.extract import extract_masks
 
         args = self.args
         self.dual.unet.eval()
@@ -193,7 +193,7 @@ class DualTrainer:
 
 
 def run_config(args) -> dict:
-    from .options import as_dict
+    from ..options import as_dict
 
     return as_dict(args)
 
@@ -207,7 +207,7 @@ def resume_settings(args) -> dict:
 
 def prepare(args) -> list:
     """Check everything a run needs before any model loads or any file is written; returns the pairs."""
-    from .base_model import check_base_model
+    from ..formats.base_model import check_base_model
     from .data import check_pairs
     from .train_args import check_arguments
 
@@ -244,7 +244,7 @@ def train(args: TrainConfig) -> Path:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from .base_model import load_base_model
+    from ..formats.base_model import load_base_model
 
     from .train_args import resolve_defaults
 

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from .errors import DualAnoDiffError
+from ..errors import DualAnoDiffError
 
 
 def interleave(global_rows: torch.Tensor, anomaly_rows: torch.Tensor) -> torch.Tensor:

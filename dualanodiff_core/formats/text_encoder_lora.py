@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 ADAPTER = "dualanodiff"
 TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import DualAnoDiffCheckpoint, make_metadata, read_safetensors, validate
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 _UNET = re.compile(r"^(?:unet\.)?(?P<path>.+\.attn[12])\.processor\.(?:chained_proc\.)?(?P<name>.+)$")
 _LORA = re.compile(r"^to_(?P<t>q|k|v|out)_lora\.(?P<b>[01])\.(?P<part>down|up)\.weight$")

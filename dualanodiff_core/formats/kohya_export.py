@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import DualAnoDiffCheckpoint
-from .io_utils import atomic_save_safetensors
+from ..io_utils import atomic_save_safetensors
 
 BRANCHES = {"global": 0, "anomaly": 1}
 _DIFFUSERS_LINEAR = {"q": "to_q", "k": "to_k", "v": "to_v", "out": "to_out.0"}
@@ -64,7 +64,7 @@ def export_loras(
         meta = {"ss_network_dim": str(ckpt.rank), "ss_network_alpha": str(ckpt.rank),
                 "dualanodiff_branch": part, "dualanodiff_source": str(ckpt.path or "")}
         jobs.append((out_dir / f"{name}_{part}.safetensors", tensors, meta))
-    from .errors import DualAnoDiffError
+    from ..errors import DualAnoDiffError
 
     existing = [str(p) for p, _, _ in jobs if p.exists()]
     if existing and not overwrite:

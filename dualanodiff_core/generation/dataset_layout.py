@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .checks import folder_name
-from .errors import DualAnoDiffError
+from ..checks import folder_name
+from ..errors import DualAnoDiffError
 
 PAIR_ROLES = ("image", "fg", "mask")
 LAYOUTS = ("pairs", "mvtec", "both")

@@ -3,7 +3,7 @@ and their torch dtypes: one map for the CLI, the trainer, the generator and the 
 imported only when a name is turned into a dtype, so building the CLI stays cheap."""
 from __future__ import annotations
 
-from .errors import DualAnoDiffError
+from ..errors import DualAnoDiffError
 
 NAMES = ("fp16", "bf16", "fp32")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import DualAnoDiffError
+from ..errors import DualAnoDiffError
 
 PREFIX = "step-"
 

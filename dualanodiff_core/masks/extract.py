@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .errors import DualAnoDiffError
-from .mask_methods import MASK_METHODS, METHODS, check_mask_method  # noqa: F401  (re-exported)
+from ..errors import DualAnoDiffError
+from .methods import MASK_METHODS, METHODS, check_mask_method  # noqa: F401  (re-exported)
 from .u2net import DEFAULT_FLOOR, saliency
 
 
@@ -198,7 +198,7 @@ def threshold_mask(images: torch.Tensor, threshold: float = 0.1, open_px: int = 
 
 def u2net_mask(model, images: torch.Tensor, threshold: float = 0.5, floor: float = DEFAULT_FLOOR,
                open_px: int = 0, close_px: int = 0, fill_holes: bool = False, min_area: int = 16) -> MaskResult:
-    """The reference's mask: U-2-Net saliency (:func:`~dualanodiff_core.u2net.saliency`) binarised at
+    """The reference's mask: U-2-Net saliency (:func:`~dualanodiff_core.masks.u2net.saliency`) binarised at
     ``threshold``. The reference does no morphology; here only components under ``min_area`` px are
     dropped by default. Images whose saliency stays under ``floor`` come back empty."""
     sal = saliency(model, to_bchw(images), floor=floor)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import DualAnoDiffError
+from ..errors import DualAnoDiffError
 
 VARIANTS = {12: "vit_b", 24: "vit_l", 32: "vit_h"}  # image-encoder depth -> registry name
 
@@ -32,7 +32,7 @@ def load_sam(path: Path, device=None):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise DualAnoDiffError(f"cannot read {path} ({str(exc).splitlines()[0]}); it may be truncated") from None
-    from .masks import _import_sam  # clear message when segment-anything or torchvision is missing
+    from .extract import _import_sam  # clear message when segment-anything or torchvision is missing
 
     _import_sam()
     from segment_anything import sam_model_registry

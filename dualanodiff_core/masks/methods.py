@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import DualAnoDiffError
+from ..errors import DualAnoDiffError
 
 
 @dataclass(frozen=True)

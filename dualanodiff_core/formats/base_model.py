@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import DualAnoDiffError
+from ..errors import DualAnoDiffError
 
-BUNDLED_CONFIG = Path(__file__).parent / "configs" / "sd15"
+BUNDLED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sd15"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 TOKENIZER_JSON = "tokenizer.json"  # what current transformers' save_pretrained writes instead
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -101,7 +101,7 @@ def find_tokenizer(model_path: Path, tokenizer: Path | None = None, comfyui: Pat
         return Path(tokenizer)
     model_path = Path(model_path)
     candidates = [model_path / "tokenizer"] if model_path.is_dir() else []
-    for root in (comfyui, os.environ.get("COMFYUI_PATH"), Path(__file__).resolve().parents[3]):
+    for root in (comfyui, os.environ.get("COMFYUI_PATH"), Path(__file__).resolve().parents[4]):  # ComfyUI/custom_nodes/<pack>/dualanodiff_core/formats
         if root:
             candidates.append(Path(root) / "comfy" / "sd1_tokenizer")
     for folder in candidates:

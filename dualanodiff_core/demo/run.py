@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import demo_world
-from .errors import DualAnoDiffError
-from .io_utils import atomic_write
+from . import world as demo_world
+from ..errors import DualAnoDiffError
+from ..io_utils import atomic_write
 
-DEMO_MODEL = Path(__file__).resolve().parent / "demo_model"
+DEMO_MODEL = Path(__file__).resolve().parent / "model"
 PROMPT_GLOBAL, PROMPT_ANOMALY = "a photo of an object with sks", "sks"
 VARIANTS = ("saim", "no_saim")
 
@@ -78,8 +78,8 @@ def write_few_shot(folder: Path, defect: str, shots: int, seed: int) -> tuple:
 
 
 def _train(cfg: DemoConfig, images: Path, masks: Path, out: Path, saim: bool) -> Path:
-    from .train_args import TrainConfig
-    from .trainer import train
+    from ..training.train_args import TrainConfig
+    from ..training.trainer import train
 
     return train(TrainConfig(
         images=images, masks=masks, base_model=cfg.base_model, output_dir=out,
@@ -89,7 +89,7 @@ def _train(cfg: DemoConfig, images: Path, masks: Path, out: Path, saim: bool) ->
 
 
 def _generate(cfg: DemoConfig, checkpoint: Path, out: Path) -> Path:
-    from .generate import GenerateConfig, generate
+    from ..generation.generate import GenerateConfig, generate
 
     shutil.rmtree(out, ignore_errors=True)  # samples of an earlier run came from another checkpoint
     return generate(GenerateConfig(
@@ -123,7 +123,7 @@ def diversity(masks) -> float | None:
 def metrics(samples: dict, training_masks=None) -> dict:
     """The module docstring's metrics for one model's samples (``training_masks``: the few-shot
     masks, for the defect area ratio)."""
-    from .demo_stages import defect_area_ratio, stray_defect_colour
+    from .stages import defect_area_ratio, stray_defect_colour
 
     masks, found = samples["mask"], demo_world.defect_pixels(samples["image"])
     scored = [demo_world.iou(m, d) for m, d in zip(masks, found) if m.any() or d.any()]
@@ -177,7 +177,7 @@ def contact_sheet(results: dict, path: Path, rows: int = 8, scale: int = 2) -> P
 def _downstream(cfg: DemoConfig, out: Path) -> dict:
     """Mean metrics of a detector trained on each generated set and on the two baselines, scored on a
     held-out toy test set (``dualanodiff evaluate``'s code, demo-sized)."""
-    from .evaluation.demo_world_eval import DemoEvalConfig, evaluate_demo_world
+    from ..evaluation.demo_world_eval import DemoEvalConfig, evaluate_demo_world
 
     sets = {name: out / "samples" / variant / "world" / cfg.defect
             for name, variant in (("DualAnoDiff", "saim"), ("no-SAIM", "no_saim")) if variant == "saim" or cfg.ablation}
@@ -188,8 +188,8 @@ def _downstream(cfg: DemoConfig, out: Path) -> dict:
 
 def check_config(cfg: DemoConfig) -> None:
     """Every rule on the configuration, before anything is trained or written."""
-    from . import checks
-    from .base_model import check_base_model
+    from .. import checks
+    from ..formats.base_model import check_base_model
 
     for name in ("shots", "pairs", "steps", "rank", "sample_steps", "pairs_per_step", "batch_size"):
         checks.at_least(getattr(cfg, name), 1, f"--{name.replace('_', '-')}")

@@ -1,0 +1,1 @@
+"""The built-in demo: the toy world, the shipped tiny base model, the demo run and its stage measurements."""

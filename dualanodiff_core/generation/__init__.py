@@ -1,0 +1,1 @@
+"""Dataset generation: the generate command and the dataset layout it shares with the Save Dataset node."""

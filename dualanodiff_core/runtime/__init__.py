@@ -1,0 +1,1 @@
+"""The diffusers runtime: attention processors, the dual UNet, paired sampling, precisions."""

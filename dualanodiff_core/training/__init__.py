@@ -1,0 +1,1 @@
+"""Few-shot training: data, options, the loop, resumable checkpoints."""
