@@ -111,7 +111,7 @@ def main() -> None:
     import importlib
 
     loading = importlib.import_module(pack.__name__ + ".nodes.loading")
-    sampling = importlib.import_module(pack.__name__ + ".nodes.sampling")
+    sampling = importlib.import_module(pack.__name__ + ".nodes.paired_sampling")
 
     dtype = torch_dtype(args.dtype)
     device = comfy.model_management.get_torch_device()

@@ -47,7 +47,7 @@ class DualAnoDiffPairedKSampler:
 
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive_global, positive_anomaly, negative,
                latent_image, denoise, background=None):
-        from .sampling import paired_ksample
+        from .paired_sampling import paired_ksample
 
         return paired_ksample(model, seed, steps, cfg, sampler_name, scheduler, positive_global, positive_anomaly,
                               negative, latent_image, denoise, background)
@@ -68,7 +68,7 @@ class DualAnoDiffPairConditioning:
         }}
 
     def pair(self, positive_global, positive_anomaly):
-        from .sampling import pair_conditioning
+        from .paired_sampling import pair_conditioning
 
         return (pair_conditioning(positive_global, positive_anomaly),)
 
@@ -88,7 +88,7 @@ class DualAnoDiffPairLatents:
         }
 
     def pair(self, latent_global, latent_anomaly=None):
-        from .sampling import pair_latents
+        from .paired_sampling import pair_latents
 
         return (pair_latents(latent_global, latent_anomaly),)
 
@@ -106,7 +106,7 @@ class DualAnoDiffSplitLatents:
         return {"required": {"latent": ("LATENT", {"tooltip": "A LATENT of interleaved pairs (even batch)."})}}
 
     def split(self, latent):
-        from .sampling import split_latents
+        from .paired_sampling import split_latents
 
         return split_latents(latent)
 

@@ -69,7 +69,7 @@ MODULES = {
         "line_regex": r"done|todo|seed|manifest|sample_paths|paths\[|process_index|num_processes|overwrite|index",
     },
     "sampling_nodes": {  # ComfyUI conditioning and sampling glue; needs a ComfyUI copy
-        "path": "nodes/sampling.py",
+        "path": "nodes/paired_sampling.py",
         "tests": ["tests/comfyui/test_branch_conditioning.py", "tests/comfyui/test_bad_input_nodes.py",
                   "tests/comfyui/test_composition.py", "tests/comfyui/test_nodes_sampling.py"],
         "comfyui": True,

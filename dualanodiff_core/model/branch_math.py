@@ -14,7 +14,7 @@ import torch.nn.functional as F
 GLOBAL, ANOMALY = 0, 1
 
 
-def as_pairs(x: torch.Tensor) -> torch.Tensor:
+def pair_view(x: torch.Tensor) -> torch.Tensor:
     """``(2N, ...)`` -> ``(N, 2, ...)``; refuses an odd batch with a clear message."""
     if x.shape[0] % 2:
         raise ValueError(
@@ -32,7 +32,7 @@ def branch_lora_delta(
     scale: ``(2,)`` strength per branch. Returns ``(2N, T, C_out)``.
     """
     # broadcasting matmul: one batched GEMM over contiguous (T, C) rows, no copy of x
-    hidden = torch.matmul(as_pairs(x), down.transpose(1, 2)) * scale.view(1, 2, 1, 1)
+    hidden = torch.matmul(pair_view(x), down.transpose(1, 2)) * scale.view(1, 2, 1, 1)
     return torch.matmul(hidden, up.transpose(1, 2)).reshape(x.shape[0], x.shape[1], up.shape[1])
 
 
@@ -67,7 +67,7 @@ def saim(
         return o
     c = o.shape[-1]
     x = F.linear(F.layer_norm(o, (c,), norm_weight, norm_bias, eps), in_weight, in_bias)
-    q, k, v = F.linear(as_pairs(x), qkv_weight, qkv_bias).chunk(3, dim=-1)  # each (N, 2, T, C)
+    q, k, v = F.linear(pair_view(x), qkv_weight, qkv_bias).chunk(3, dim=-1)  # each (N, 2, T, C)
     dk = (k[:, ANOMALY] - k[:, GLOBAL]).unsqueeze(1)
     dv = (v[:, ANOMALY] - v[:, GLOBAL]).unsqueeze(1)
     w_anomaly = torch.sigmoid((q * dk).sum(-1, keepdim=True) * (1.0 / math.sqrt(c)))
@@ -97,7 +97,7 @@ def saim_inference(o, norm_weight, norm_bias, folded: tuple, out_weight, out_bia
         return o
     q_w, q_b, kv_w, v_w, v_b = folded
     c = o.shape[-1]
-    normed = as_pairs(F.layer_norm(o, (c,), norm_weight, norm_bias, eps))
+    normed = pair_view(F.layer_norm(o, (c,), norm_weight, norm_bias, eps))
     first = normed[:, GLOBAL]
     q = F.linear(normed, q_w, q_b)
     dk, dv = F.linear(normed[:, ANOMALY] - first, kv_w).chunk(2, dim=-1)
@@ -122,7 +122,7 @@ def bcm_fuse_kv_input(
     h: ``(2N, T, C)`` normed attn1 input; h_ref: ``(N, T, C)`` the reference pass's normed attn1
     input for each pair's background. The MLP has no activation (two linears, as trained).
     """
-    pairs = as_pairs(h)
+    pairs = pair_view(h)
     if h_ref.shape != pairs[:, GLOBAL].shape:
         raise ValueError(
             f"BCM background tokens {tuple(h_ref.shape)} do not match the global rows {tuple(pairs[:, GLOBAL].shape)}"

@@ -62,7 +62,7 @@ CASES = {
     "loader-plain-lora": (lambda p: _loader(p, "bad_input_plain_lora.safetensors"), r"not a DualAnoDiff checkpoint.*ordinary LoRA"),
     "loader-branch-shapes": (lambda p: _loader(p, "pytorch_lora_weights.safetensors"), r"to_v_lora\.\{0,1\}\.up\.weight differ in shape"),
     "loader-missing-file": (lambda p: _loader(p, "gone.safetensors"), r"gone.safetensors: not found in the 'dualanodiff' model folder"),
-    "sampler-plain-model": (lambda p: lambda: pack_module(p, "nodes.sampling").paired_ksample(
+    "sampler-plain-model": (lambda p: lambda: pack_module(p, "nodes.paired_sampling").paired_ksample(
         _model(), 0, 1, 1.0, "euler", "normal", harness.conditioning(torch.zeros(1, 2, 32)),
         harness.conditioning(torch.zeros(1, 2, 32)), harness.conditioning(torch.zeros(1, 2, 32)), _latent(1)),
         r"needs a MODEL from 'DualAnoDiff Loader'"),

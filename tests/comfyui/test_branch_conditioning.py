@@ -11,7 +11,7 @@ from workflow_fixtures import pack_module
 
 @pytest.fixture(scope="module")
 def pair_conditioning(pack):
-    return pack_module(pack, "nodes.sampling").pair_conditioning
+    return pack_module(pack, "nodes.paired_sampling").pair_conditioning
 
 
 @pytest.fixture(scope="module")

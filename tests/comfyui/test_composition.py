@@ -102,7 +102,7 @@ def test_stock_lora_and_dualanodiff_both_act_in_either_order(pack, ckpt, tmp_pat
 def test_perturbed_attention_guidance_and_dualanodiff_both_act_in_either_order(pack, ckpt):
     pag = pytest.importorskip("comfy_extras.nodes_pag", reason="this ComfyUI copy (March 2024) predates the "
                               "PerturbedAttentionGuidance node")
-    sample = pack_module(pack, "nodes.sampling").paired_ksample
+    sample = pack_module(pack, "nodes.paired_sampling").paired_ksample
     gen = torch.Generator().manual_seed(9)
     cond = [harness.conditioning(torch.randn(1, 77, 32, generator=gen)) for _ in range(3)]
     latent = {"samples": torch.randn(2, 4, 8, 8, generator=gen)}

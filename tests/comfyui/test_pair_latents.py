@@ -1,4 +1,4 @@
-"""The LATENT and CONDITIONING pairing helpers of nodes/sampling.py on tiny tensors: inpainting masks,
+"""The LATENT and CONDITIONING pairing helpers of nodes/paired_sampling.py on tiny tensors: inpainting masks,
 extra LATENT keys, and the refusals (the survivors of the mutation run in docs/testing.md)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from workflow_fixtures import pack_module
 
 @pytest.fixture(scope="module")
 def S(pack):
-    return pack_module(pack, "nodes.sampling")
+    return pack_module(pack, "nodes.paired_sampling")
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +48,9 @@ def test_splitting_gives_each_branch_its_rows_of_the_noise_mask(S):
 
 def test_refusals_name_the_count(S, DualAnoDiffError):
     with pytest.raises(DualAnoDiffError, match="a paired LATENT must have an even batch, got 3"):
-        S.as_pairs({"samples": _rows(3), S.PAIRED: True})
+        S.paired_latent({"samples": _rows(3), S.PAIRED: True})
     even = {"samples": _rows(4), S.PAIRED: True}
-    assert S.as_pairs(even) is even
+    assert S.paired_latent(even) is even
     with pytest.raises(DualAnoDiffError, match="3 images, an odd number"):
         S.split_latents({"samples": _rows(3)})
     cond = [[torch.zeros(1, 77, 8), {}]]

@@ -52,7 +52,7 @@ def pair_latents(global_latent: dict, anomaly_latent: dict | None = None) -> dic
     return out
 
 
-def as_pairs(latent: dict) -> dict:
+def paired_latent(latent: dict) -> dict:
     """A LATENT of N pairs for sampling: already-paired latents pass, N images become N pairs."""
     if is_paired(latent):
         if latent["samples"].shape[0] % 2:
@@ -87,7 +87,7 @@ def paired_ksample(model, seed, steps, cfg, sampler_name, scheduler, positive_gl
             "the Paired KSampler needs a MODEL from 'DualAnoDiff Loader' or 'DualAnoDiff Two-LoRA Loader'"
         )
     positive = pair_conditioning(positive_global, positive_anomaly)
-    pairs = as_pairs(latent_image)
+    pairs = paired_latent(latent_image)
     if background is not None:
         model = apply_background(model, background, seed)
     sampled = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
