@@ -3,8 +3,12 @@ architecture with random weights (built from the bundled config, nothing downloa
 
 ComfyUI (the v0.3.75 copy fetched by scripts/fetch_comfyui.py):
   (1) stock KSampler on 2N latents, (2) Paired KSampler with both branch LoRAs and SAIM,
-  (3) the same with BCM (one extra reference UNet pass on N rows per call).
+  (3) the same with BCM (one extra reference UNet pass on N rows per call),
+  (4) a graph with peers: a stock LoRA (LoraLoaderModelOnly) and a ControlNet (ControlNetApply) under
+      the stock KSampler, against (5) the same LoRA under the DualAnoDiff Loader and the ControlNet on
+      the global prompt of the Paired KSampler.
 diffusers: a plain UNet call on the same batch, DualAnoDiffUNet, DualAnoDiffUNet with BCM.
+Each batch size in --pairs (default 1 and 4) runs all of them, so the cost per pair can be compared.
 
 The configurations run interleaved in rounds (each round runs every configuration once) and the
 median per step is reported, so machine load affects all alike. Prints a table and a JSON line.
@@ -83,10 +87,82 @@ def random_layers(unet, bcm: bool):
     return layers
 
 
+def measure(args, n, device, dtype, comfy_nodes, sampling, comfy_model, dual_comfy, lora_model, dual_on_lora,
+            control_net, plain_unet, duals) -> dict:
+    """Every configuration for N pairs, interleaved in rounds; medians per step, peak memory, ratios."""
+    import torch
+
+    lat = args.latent
+    gen = torch.Generator().manual_seed(1)
+    ctx = torch.randn(3, 77, 768, generator=gen)
+    pos_g, pos_a, neg = ([[ctx[i:i + 1], {}]] for i in range(3))
+    background = {"samples": torch.randn(1, 4, lat, lat, generator=gen), "zero": torch.randn(1, 4, lat, lat, generator=gen)}
+    hint = torch.rand(1, lat * 8, lat * 8, 3, generator=gen)
+    pos_g_cn = comfy_nodes.ControlNetApply().apply_controlnet(pos_g, control_net, hint, 1.0)[0]
+
+    def comfy_plain(model=comfy_model, positive=pos_g):
+        return lambda: comfy_nodes.common_ksampler(model, 0, args.steps, 2.5, "euler", "normal", positive, neg,
+                                                   {"samples": torch.zeros(2 * n, 4, lat, lat)})
+
+    def comfy_paired(model, bcm=False, positive_global=pos_g):
+        return lambda: sampling.paired_ksample(model, 0, args.steps, 2.5, "euler", "normal", positive_global, pos_a, neg,
+                                               {"samples": torch.zeros(n, 4, lat, lat)},
+                                               background=background if bcm else None)
+
+    x = torch.randn(4 * n, 4, lat, lat, generator=gen).to(device, dtype)
+    c = ctx[[2, 2, 0, 1] * n][: 4 * n].to(device, dtype)
+    bg = torch.randn(2 * n, 4, lat, lat, generator=gen).to(device, dtype)
+    t = torch.tensor(500, device=device)
+
+    def diffusers_run(which):
+        def run():
+            with torch.no_grad():
+                for _ in range(args.steps):
+                    if which == "plain":
+                        plain_unet(x, t, c)
+                    else:
+                        duals[which == "bcm"](x, t, c, background=bg if which == "bcm" else None)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+        return run
+
+    configs = {
+        "comfy_ksampler_2N": comfy_plain(),
+        "comfy_paired_saim": comfy_paired(dual_comfy[False]),
+        "comfy_paired_saim_bcm": comfy_paired(dual_comfy[True], bcm=True),
+        "comfy_ksampler_2N_lora_cn": comfy_plain(lora_model, pos_g_cn),
+        "comfy_paired_lora_cn": comfy_paired(dual_on_lora, positive_global=pos_g_cn),
+        "diffusers_unet_2N": diffusers_run("plain"),
+        "diffusers_dual_saim": diffusers_run("dual"),
+        "diffusers_dual_saim_bcm": diffusers_run("bcm"),
+    }
+    times = {k: [] for k in configs}
+    memory = {k: 0.0 for k in configs}
+    for run in configs.values():  # warm-up
+        run()
+    for _ in range(args.rounds):
+        for name, run in configs.items():
+            with PeakMemory(device) as mem:
+                began = time.perf_counter()
+                run()
+                times[name].append((time.perf_counter() - began) / args.steps)
+            memory[name] = max(memory[name], mem.mb)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratios = {
+        "comfy_paired/ksampler": med["comfy_paired_saim"] / med["comfy_ksampler_2N"],
+        "comfy_paired_bcm/ksampler": med["comfy_paired_saim_bcm"] / med["comfy_ksampler_2N"],
+        "comfy_peers_paired/ksampler": med["comfy_paired_lora_cn"] / med["comfy_ksampler_2N_lora_cn"],
+        "diffusers_dual/unet": med["diffusers_dual_saim"] / med["diffusers_unet_2N"],
+        "diffusers_dual_bcm/unet": med["diffusers_dual_saim_bcm"] / med["diffusers_unet_2N"],
+    }
+    return {"pairs": n, "s_per_step": med, "extra_peak_mb": memory, "ratios": ratios}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--latent", type=int, default=32, help="latent size (default 32 = 256 px; 64 on a GPU)")
-    p.add_argument("--pairs", type=int, default=1, help="pairs N per batch (default: 1)")
+    p.add_argument("--pairs", type=int, nargs="+", default=[1, 4], help="pairs N per batch, each run in turn "
+                   "(default: 1 4)")
     p.add_argument("--steps", type=int, default=3, help="sampling steps per run (default: 3; 20 on a GPU)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds, median reported (default: 3)")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="model precision (default: fp32)")
@@ -131,81 +207,48 @@ def main() -> None:
     dual_comfy = {bcm: loading.load_dual_model(comfy_model, None, str(ckpt_dir / f"bcm{int(bcm)}.safetensors"),
                                                1.0, 1.0, 1.0, 1.0)[0] for bcm in (False, True)}
 
-    n, lat = args.pairs, args.latent
-    gen = torch.Generator().manual_seed(1)
-    ctx = torch.randn(3, 77, 768, generator=gen)
-    pos_g, pos_a, neg = ([[ctx[i:i + 1], {}]] for i in range(3))
-    background = {"samples": torch.randn(1, 4, lat, lat, generator=gen), "zero": torch.randn(1, 4, lat, lat, generator=gen)}
+    import folder_paths
 
-    def comfy_plain():
-        comfy_nodes.common_ksampler(comfy_model, 0, args.steps, 2.5, "euler", "normal", pos_g, neg,
-                                    {"samples": torch.zeros(2 * n, 4, lat, lat)})
+    from dualanodiff_core.formats.checkpoint import load_checkpoint
+    from dualanodiff_core.formats.kohya_export import export_loras
+    from workflow_fixtures import tiny_controlnet
 
-    def comfy_paired(bcm):
-        return lambda: sampling.paired_ksample(dual_comfy[bcm], 0, args.steps, 2.5, "euler", "normal", pos_g, pos_a, neg,
-                                               {"samples": torch.zeros(n, 4, lat, lat)},
-                                               background=background if bcm else None)
+    loras = Path(folder_paths.get_folder_paths("loras")[0])
+    export_loras(load_checkpoint(ckpt_dir / "bcm0.safetensors"), loras, "bench_stock", parts=["anomaly"],
+                 dtype=torch.float32, overwrite=True)
+    folder_paths.filename_list_cache.clear()
+    lora_model = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(comfy_model, "bench_stock_anomaly.safetensors", 0.8)[0]
+    dual_on_lora = loading.load_dual_model(lora_model, None, str(ckpt_dir / "bcm0.safetensors"), 1.0, 1.0, 1.0, 1.0)[0]
+    control_net = tiny_controlnet(comfy_model, seed=9)
 
     unet_d = unet.to(device, dtype)
     duals = {bcm: DualAnoDiffUNet(unet_d, layers[bcm].to(device, dtype)) for bcm in (False, True)}
-    x = torch.randn(4 * n, 4, lat, lat, generator=gen).to(device, dtype)
-    c = ctx[[2, 2, 0, 1] * n][: 4 * n].to(device, dtype)
-    bg = torch.randn(2 * n, 4, lat, lat, generator=gen).to(device, dtype)
-    t = torch.tensor(500, device=device)
-
-    def diffusers_run(which):
-        def run():
-            with torch.no_grad():
-                for _ in range(args.steps):
-                    if which == "plain":
-                        plain_unet(x, t, c)
-                    else:
-                        duals[which == "bcm"](x, t, c, background=bg if which == "bcm" else None)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-        return run
-
     # a plain diffusers UNet with its original processors, sharing the same weights
     plain_unet = UNet2DConditionModel(**_read_json(BUNDLED_CONFIG / "unet" / "config.json")).eval()
     plain_unet.load_state_dict(unet_d.state_dict())
     plain_unet.to(device, dtype)
 
-    configs = {
-        "comfy_ksampler_2N": comfy_plain,
-        "comfy_paired_saim": comfy_paired(False),
-        "comfy_paired_saim_bcm": comfy_paired(True),
-        "diffusers_unet_2N": diffusers_run("plain"),
-        "diffusers_dual_saim": diffusers_run("dual"),
-        "diffusers_dual_saim_bcm": diffusers_run("bcm"),
-    }
-    times = {k: [] for k in configs}
-    memory = {k: 0.0 for k in configs}
-    for run in configs.values():  # warm-up
-        run()
-    for _ in range(args.rounds):
-        for name, run in configs.items():
-            with PeakMemory(device) as mem:
-                began = time.perf_counter()
-                run()
-                times[name].append((time.perf_counter() - began) / args.steps)
-            memory[name] = max(memory[name], mem.mb)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    ratios = {
-        "comfy_paired/ksampler": med["comfy_paired_saim"] / med["comfy_ksampler_2N"],
-        "comfy_paired_bcm/ksampler": med["comfy_paired_saim_bcm"] / med["comfy_ksampler_2N"],
-        "diffusers_dual/unet": med["diffusers_dual_saim"] / med["diffusers_unet_2N"],
-        "diffusers_dual_bcm/unet": med["diffusers_dual_saim_bcm"] / med["diffusers_unet_2N"],
-    }
+    results = []
+    for n in args.pairs:
+        results.append(measure(args, n, device, dtype, comfy_nodes, sampling, comfy_model, dual_comfy, lora_model,
+                               dual_on_lora, control_net, plain_unet, duals))
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    print(f"DualAnoDiff sampler overhead: SD 1.5 UNet (random weights), latent {lat}, {n} pair(s) with CFG, "
-          f"{args.dtype}, {args.steps} steps x {args.rounds} rounds on {where}")
-    print(f"{'configuration':<26}{'s/step':>9}{'+peak MB':>10}")
-    for k in configs:
-        print(f"{k:<26}{med[k]:>9.3f}{memory[k]:>10.0f}")
-    for k, v in ratios.items():
-        print(f"{k:<26}{v:>9.3f}")
-    print(json.dumps({"benchmark": "sampler", "latent": lat, "pairs": n, "dtype": args.dtype, "steps": args.steps,
-                      "rounds": args.rounds, "device": where, "s_per_step": med, "extra_peak_mb": memory, "ratios": ratios}))
+    print(f"DualAnoDiff sampler overhead: SD 1.5 UNet (random weights), latent {args.latent}, CFG, {args.dtype}, "
+          f"{args.steps} steps x {args.rounds} rounds on {where}")
+    header = "".join(f"{f'{n} pair(s) s/step':>18}{'+peak MB':>10}" for n in args.pairs)
+    print(f"{'configuration':<28}{header}")
+    for k in results[0]["s_per_step"]:
+        print(f"{k:<28}" + "".join(f"{r['s_per_step'][k]:>18.3f}{r['extra_peak_mb'][k]:>10.0f}" for r in results))
+    for k in results[0]["ratios"]:
+        print(f"{k:<28}" + "".join(f"{r['ratios'][k]:>18.3f}{'':>10}" for r in results))
+    if len(results) > 1:
+        first, last = results[0], results[-1]
+        growth = {k: (last["s_per_step"][k] / last["pairs"]) / (first["s_per_step"][k] / first["pairs"])
+                  for k in first["s_per_step"]}
+        print(f"cost per pair at {last['pairs']} pairs / at {first['pairs']}: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in growth.items()))
+    print(json.dumps({"benchmark": "sampler", "latent": args.latent, "dtype": args.dtype, "steps": args.steps,
+                      "rounds": args.rounds, "device": where, "by_pairs": results}))
     harness.teardown()
 
 
