@@ -64,6 +64,19 @@ def _noise(shape, generators, device, dtype, rows_per_generator: int):
     return torch.cat(per).to(device, dtype)
 
 
+def _hold_global_rows(latents, keep, scheduler, next_t, generators):
+    """Global rows held to the kept latents where ``keep``'s mask is 1, at the noise level of ``next_t``
+    (the clean latents after the last step)."""
+    clean, mask = (k.to(latents.device, latents.dtype) for k in keep)
+    target = clean
+    if next_t is not None:
+        eps = _noise(clean.shape, generators, latents.device, latents.dtype, 1)
+        target = scheduler.add_noise(clean, eps, next_t.reshape(1).repeat(clean.shape[0]))
+    held = latents.clone()
+    held[0::2] = mask * target + (1 - mask) * latents[0::2]
+    return held
+
+
 @torch.no_grad()
 def sample_pairs(
     dual,
@@ -78,6 +91,7 @@ def sample_pairs(
     zero_background: torch.Tensor | None = None,
     noise_schedule=None,
     progress=None,
+    keep: tuple | None = None,
 ) -> torch.Tensor:
     """Sample ``len(generators)`` pairs; returns interleaved scaled latents ``(2N, 4, h, w)``.
 
@@ -85,6 +99,10 @@ def sample_pairs(
     unscaled latents (BCM); each step they are noised afresh to the current timestep with
     ``noise_schedule`` (a DDPM scheduler), as the reference does; the unconditional half uses
     ``zero_background`` (the latent of an all-zero image in [-1, 1] space, as the reference).
+    keep: ``(latents (N, 4, h, w), mask (N, 1, h, w))``, scaled clean latents of the user's images and
+    1 where the global rows are held to them (``generation.placement.keep_mask``): after every step
+    the global rows there are replaced by those latents noised to the step's level (fresh noise from
+    each pair's generator), and after the last step by the clean latents themselves.
     """
     param = next(dual.parameters())
     device, dtype = param.device, param.dtype
@@ -99,7 +117,8 @@ def sample_pairs(
     if use_cfg:
         context = torch.cat([pair_context(uncond[0], uncond[-1], n), context])
     context = context.to(device, dtype)
-    for t in scheduler.timesteps:
+    timesteps = list(scheduler.timesteps)
+    for i, t in enumerate(timesteps):
         model_in = torch.cat([latents, latents]) if use_cfg else latents
         model_in = scheduler.scale_model_input(model_in, t)
         bg = None
@@ -116,6 +135,9 @@ def sample_pairs(
             out_uncond, out_cond = out.chunk(2)
             out = out_uncond + guidance * (out_cond - out_uncond)
         latents = scheduler.step(out, t, latents, **step_kwargs).prev_sample
+        if keep is not None:
+            latents = _hold_global_rows(latents, keep, scheduler, timesteps[i + 1] if i + 1 < len(timesteps) else None,
+                                        generators)
         if progress is not None:
             progress()
     return latents
