@@ -6,6 +6,8 @@ prompt and every anomaly row the anomaly prompt; a one-row negative reaches both
 """
 from __future__ import annotations
 
+import torch
+
 from ..dualanodiff_core.errors import DualAnoDiffError
 from ..dualanodiff_core.model.pairing import deinterleave, duplicate_rows, interleave, stack_token_rows
 from .background import apply_background
@@ -38,18 +40,39 @@ def is_paired(latent: dict) -> bool:
 
 
 def pair_latents(global_latent: dict, anomaly_latent: dict | None = None) -> dict:
-    """Interleave two LATENTs of N images into N pairs; with one LATENT, each image starts both branches."""
+    """Interleave two LATENTs of N images into N pairs; with one LATENT, each image starts both branches.
+
+    A ``noise_mask`` (stock Set Latent Noise Mask: 1 = generate, 0 = keep the input latent) acts on the
+    rows of its own LATENT: the global LATENT's mask holds the global rows to the input image outside
+    it (placement on the user's image), while the anomaly rows are generated everywhere unless the
+    anomaly LATENT brings a mask of its own."""
     g = global_latent["samples"]
+    n = g.shape[0]
     out = {k: v for k, v in global_latent.items() if k not in ("samples", "batch_index", "noise_mask")}
     if anomaly_latent is None:
         out["samples"] = duplicate_rows(g)
     else:
         out["samples"] = interleave(g, anomaly_latent["samples"])
-    mask = global_latent.get("noise_mask")
-    if mask is not None:
-        out["noise_mask"] = duplicate_rows(mask) if mask.shape[0] == g.shape[0] else mask
+    g_mask = global_latent.get("noise_mask")
+    a_mask = None if anomaly_latent is None else anomaly_latent.get("noise_mask")
+    if g_mask is not None or a_mask is not None:
+        like = g_mask if g_mask is not None else a_mask
+        out["noise_mask"] = interleave(*(_per_image(m, n, like) for m in (g_mask, a_mask)))
     out[PAIRED] = True
     return out
+
+
+def _per_image(mask, n: int, like):
+    """A mask with one row per image (a single mask is shared); no mask means generate everywhere."""
+    if mask is None:
+        return torch.ones((n, *like.shape[1:]), dtype=like.dtype, device=like.device)
+    if mask.shape[1:] != like.shape[1:]:
+        raise DualAnoDiffError(f"the global and anomaly noise masks differ in size ({tuple(like.shape[1:])} and "
+                               f"{tuple(mask.shape[1:])}); give masks of the same size")
+    if mask.shape[0] not in (1, n):
+        raise DualAnoDiffError(f"a noise mask of {mask.shape[0]} images for a LATENT of {n}; give one mask, or one "
+                               "per image")
+    return mask.expand(n, *mask.shape[1:])
 
 
 def paired_latent(latent: dict) -> dict:

@@ -22,16 +22,22 @@ def _rows(n, offset=0.0):
     return torch.arange(n, dtype=torch.float32)[:, None, None, None].expand(n, 4, 2, 2) + offset
 
 
-def test_pairing_keeps_a_per_image_noise_mask_on_both_rows_of_its_pair(S):
+def test_a_noise_mask_acts_on_its_own_latents_rows_only(S, DualAnoDiffError):
     mask = torch.stack([torch.full((1, 2, 2), 0.25), torch.full((1, 2, 2), 0.75)])  # one per image
     paired = S.pair_latents({"samples": _rows(2), "noise_mask": mask, "batch_index": [5, 6], "extra": "kept"},
                             {"samples": _rows(2, 10)})
     assert paired["samples"][:, 0, 0, 0].tolist() == [0, 10, 1, 11]
-    assert paired["noise_mask"][:, 0, 0, 0].tolist() == [0.25, 0.25, 0.75, 0.75]
+    # the global rows are held to the input outside their mask; the anomaly rows are generated everywhere
+    assert paired["noise_mask"][:, 0, 0, 0].tolist() == [0.25, 1.0, 0.75, 1.0]
     assert "batch_index" not in paired, "the images' batch indices no longer name rows"
     assert paired["extra"] == "kept" and S.is_paired(paired)
     one = torch.full((1, 1, 2, 2), 0.5)
-    assert S.pair_latents({"samples": _rows(2), "noise_mask": one})["noise_mask"] is one, "one mask for all rows stays"
+    assert S.pair_latents({"samples": _rows(2), "noise_mask": one})["noise_mask"][:, 0, 0, 0].tolist() == \
+        [0.5, 1.0, 0.5, 1.0], "one mask is shared by the global rows"
+    both = S.pair_latents({"samples": _rows(2)}, {"samples": _rows(2, 10), "noise_mask": one})
+    assert both["noise_mask"][:, 0, 0, 0].tolist() == [1.0, 0.5, 1.0, 0.5]
+    with pytest.raises(DualAnoDiffError, match="noise mask of 3 images for a LATENT of 2"):
+        S.pair_latents({"samples": _rows(2), "noise_mask": torch.ones(3, 1, 2, 2)})
 
 
 def test_splitting_gives_each_branch_its_rows_of_the_noise_mask(S):
