@@ -26,6 +26,13 @@ def save_png(image: torch.Tensor, path: Path, overwrite: bool = False) -> Path:
     return atomic_write(path, lambda tmp: Image.fromarray(to_uint8(image)).save(tmp, format="PNG"), overwrite)
 
 
+def save_array_png(image: np.ndarray, path: Path, overwrite: bool = False) -> Path:
+    """Write a uint8 HxW or HxWx3 array as PNG atomically, bit for bit."""
+    from PIL import Image
+
+    return atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"), overwrite)
+
+
 def grid(rows: list) -> torch.Tensor:
     """Rows of (3, H, W) images in [0, 1] (masks may be (1, H, W)) -> one (3, H*rows, W*cols) image."""
     def rgb(t):

@@ -1,8 +1,11 @@
 """Placement on the user's images, core arithmetic: outside the region nothing changes (latents held
 exactly after the last step, pixels pasted back bit for bit), masks stay inside the region."""
+import json
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from dual_fixtures import dual_unet
 from dualanodiff_core.errors import DualAnoDiffError
@@ -87,3 +90,85 @@ def test_held_global_rows_end_exactly_on_the_image_outside_the_region(scheduler)
 def test_bad_regions_are_refused(region, shape, message):
     with pytest.raises(DualAnoDiffError, match=message):
         check_region(region, shape, "regions/a.png")
+
+
+def _normal_images(folder, sizes):
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    images = {}
+    for k, (w, h) in enumerate(sizes):
+        images[f"n{k}.png"] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(images[f"n{k}.png"]).save(folder / f"n{k}.png")
+    return images
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from dual_fixtures import random_layers
+    from dualanodiff_core.formats.checkpoint import (
+        DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint,
+    )
+    from tiny_models import tiny_unet
+
+    layers = random_layers(tiny_unet(), rank=4, seed=7)
+    ckpt = DualAnoDiffCheckpoint(layers_to_tensors(layers), make_metadata(4, ["unet_lora", "saim"]))
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "place.safetensors", ckpt)
+
+
+def _generate(tiny_sd, ckpt, out, *extra):
+    from dualanodiff_core.cli import main
+
+    return main(["generate", "--base-model", str(tiny_sd), "--checkpoint", str(ckpt), "--output-dir", str(out),
+                 "--object", "part", "--defect", "dent", "--resolution", "64", "--steps", "3",
+                 "--mask-threshold", "0.05", *extra])
+
+
+def test_cli_places_defects_inside_regions_and_keeps_every_other_pixel(tiny_sd, checkpoint, tmp_path):
+    images = _normal_images(tmp_path / "normal", [(80, 56), (64, 64)])  # any size, not only the model's
+    regions = tmp_path / "regions"
+    regions.mkdir()
+    boxes = {"n0.png": _box(56, 80, 10, 40, 20, 60), "n1.png": _box(64, 64, 0, 24, 30, 64)}
+    for name, region in boxes.items():
+        Image.fromarray(region.astype(np.uint8) * 255).save(regions / name.replace(".png", "_mask.png"))
+    out = tmp_path / "out"
+    assert _generate(tiny_sd, checkpoint, out, "--on-images", str(tmp_path / "normal"), "--regions", str(regions),
+                     "--variations", "2", "--seed", "5") == 0
+    root = out / "part" / "dent"
+    entries = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
+    assert [(e["index"], e["source"], e["variation"], e["seed"]) for e in entries] == [
+        (0, "n0.png", 0, 5), (1, "n0.png", 1, 6), (2, "n1.png", 0, 7), (3, "n1.png", 1, 8)]
+    assert entries[0]["region"] == "n0_mask.png"
+    changed_somewhere = False
+    for e in entries:
+        src, region = images[e["source"]], boxes[e["source"]]
+        placed = np.asarray(Image.open(root / "image" / f"{e['index']}.png"))
+        mask = np.asarray(Image.open(root / "mask" / f"{e['index']}.png"))
+        assert placed.shape == src.shape and mask.shape == src.shape[:2]
+        assert np.array_equal(placed[~region], src[~region])  # bit for bit outside the region
+        assert not mask[~region].any()
+        changed_somewhere |= bool((placed[region] != src[region]).any())
+    assert changed_somewhere
+    # run again: nothing to do, nothing rewritten
+    before = (root / "image" / "0.png").stat().st_mtime_ns
+    assert _generate(tiny_sd, checkpoint, out, "--on-images", str(tmp_path / "normal"), "--regions", str(regions),
+                     "--variations", "2", "--seed", "5") == 0
+    assert (root / "image" / "0.png").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--box", "70,10,20,20"], "the box 70,10,20,20 reaches past the image"),
+    (["--box", "1,2"], "give x,y,w,h in pixels"),
+    (["--regions", "{regions_small}"], "region is 32x32 pixels but the image is 80x56"),
+    (["--regions", "{regions_empty}"], "the region is empty"),
+    ([], "needs where the defects may go"),
+], ids=["box-past-edge", "box-format", "region-size", "region-empty", "no-region"])
+def test_cli_placement_bad_input(tiny_sd, checkpoint, tmp_path, capsys, extra, message):
+    _normal_images(tmp_path / "normal", [(80, 56)])
+    for name, region in (("regions_small", np.ones((32, 32), np.uint8) * 255), ("regions_empty", np.zeros((56, 80), np.uint8))):
+        (tmp_path / name).mkdir()
+        Image.fromarray(region).save(tmp_path / name / "n0.png")
+    extra = [x.format(regions_small=tmp_path / "regions_small", regions_empty=tmp_path / "regions_empty") for x in extra]
+    code = _generate(tiny_sd, checkpoint, tmp_path / "out", "--on-images", str(tmp_path / "normal"), *extra)
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -28,7 +28,7 @@ CLI_MODEL_HINTS = {"u2net": "--u2net FILE (u2net.pth or u2netp.pth)",
 
 # Settings a dataset folder is made with; continuing it with others would mix two datasets.
 RUN_SETTINGS = ("checkpoint", "base_model", "scheduler", "steps", "guidance", "resolution", "mask_method",
-                "mask_threshold", "bcm", "seed")
+                "mask_threshold", "bcm", "seed", "on_images", "variations")
 
 
 @dataclass(kw_only=True)
@@ -61,6 +61,11 @@ class GenerateConfig:
     model_config: Path | None = None
     dtype: str = "auto"
     cpu: bool = False
+    # placement on the user's normal images
+    on_images: Path | None = None
+    regions: Path | None = None
+    box: str | None = None
+    variations: int = 1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,6 +101,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
                    help="compute precision (default: auto = fp16 on CUDA, fp32 elsewhere)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
+    place = p.add_argument_group("placement on your normal images (instead of drawing whole objects)")
+    place.add_argument("--on-images", type=Path, help="folder of normal images to put defects on; outside each "
+                       "image's region the output equals the image pixel for pixel, the mask lies inside the "
+                       "region; the pair count is images x --variations (-n is not used)")
+    place.add_argument("--regions", type=Path, help="folder of region masks named like the images (x.png or "
+                       "x_mask.png, white = where the defect may go), the size of their images")
+    place.add_argument("--box", help="one region for every image: x,y,w,h in pixels")
+    place.add_argument("--variations", type=int, default=1, help="pairs per image, each from its own seed "
+                       "(default: 1)")
     use_defaults_of(p, GenerateConfig)
 
 
@@ -155,13 +169,16 @@ class GenerateRun:
     guidance: float
     settings: dict
     done: dict
+    total: int = 0      # pairs in the finished dataset
+    sources: list = None  # placement: PlacementSource per --on-images image
 
 
 def run_settings(args, guidance: float) -> dict:
     return {"checkpoint": Path(args.checkpoint).name, "base_model": Path(args.base_model).name,
             "scheduler": args.scheduler, "steps": args.steps, "guidance": guidance, "resolution": args.resolution,
             "mask_method": args.mask_method, "mask_threshold": args.mask_threshold, "bcm": bool(args.backgrounds),
-            "seed": args.seed}
+            "seed": args.seed, **({"on_images": str(args.on_images), "variations": args.variations}
+                                  if args.on_images is not None else {})}
 
 
 def recorded_settings(done: dict) -> dict:
@@ -196,6 +213,19 @@ def check_arguments(args) -> None:
                                f"--mask-method {args.mask_method}")
     if args.backgrounds and not (args.u2net or args.object_masks):
         raise DualAnoDiffError("--backgrounds needs --u2net FILE or --object-masks DIR to cut the object out")
+    checks.at_least(args.variations, 1, "--variations")
+    if args.on_images is None:
+        if args.regions is not None or args.box is not None or args.variations != 1:
+            raise DualAnoDiffError("--regions, --box and --variations place defects on your images: add --on-images DIR")
+    else:
+        checks.input_dir(args.on_images, "--on-images")
+        if (args.regions is None) == (args.box is None):
+            raise DualAnoDiffError("--on-images needs where the defects may go: --regions DIR or --box x,y,w,h")
+        if args.regions is not None:
+            checks.input_dir(args.regions, "--regions")
+        if args.backgrounds:
+            raise DualAnoDiffError("--backgrounds and --on-images do not go together (placement keeps your image "
+                                   "itself outside the region)")
     if (args.u2net or args.object_masks) and not args.backgrounds and not (args.u2net and "u2net" in method.uses):
         raise DualAnoDiffError("--u2net/--object-masks given but unused: they cut the object out of --backgrounds "
                                "(or make masks with --mask-method u2net)")
@@ -222,7 +252,13 @@ def prepare(args) -> GenerateRun:
     settings = run_settings(args, guidance)
     checks.same_settings(recorded_settings(done), settings, root,
                          "continue it with the same settings, or choose another --output-dir, --object or --defect")
-    return GenerateRun(args, ckpt, root, guidance, settings, done)
+    sources = None
+    if args.on_images is not None:
+        from .placement import placement_sources
+
+        sources = placement_sources(args.on_images, args.regions, args.box)
+    total = len(sources) * args.variations if sources else args.num_pairs
+    return GenerateRun(args, ckpt, root, guidance, settings, done, total, sources)
 
 
 @dataclass
@@ -272,41 +308,59 @@ def load(run: GenerateRun, device, dtype) -> Sampler:
                    DDPMScheduler.from_config(base.scheduler_config), backgrounds, zero, u2net, sam)
 
 
-def sample(run: GenerateRun, sampler: Sampler, batch: list) -> tuple:
-    """Pairs ``batch`` (indices; pair i from seed SEED + i): decoded images, interleaved global/anomaly
-    (2B, 3, H, W) in [0, 1], and their masks (a ``MaskResult``)."""
+def sample(run: GenerateRun, sampler: Sampler, batch: list) -> list:
+    """Pairs ``batch`` (indices; pair i from seed SEED + i), one dict per pair: uint8 arrays ``image``
+    (global), ``fg`` (anomaly part), ``mask``, plus ``empty`` and the manifest's ``extra`` entries.
+    With ``--on-images`` each pair is placed on its source image (``placement``)."""
+    from ..image_io import to_uint8
     from ..masks.extract import extract_masks
-    from ..runtime.sampling import latent_scale, make_scheduler, sample_pairs, vae_decode
+    from ..runtime.sampling import latent_scale, make_scheduler, sample_pairs, vae_decode, vae_encode
+    from .placement import keep_mask, placed_pair
 
     args = run.args
     gens = [torch.Generator().manual_seed(args.seed + i) for i in batch]
     bg = None if sampler.backgrounds is None else sampler.backgrounds[torch.tensor(batch) % len(sampler.backgrounds)]
     latent = (args.resolution // latent_scale(sampler.vae),) * 2
+    keep, sources = None, None
+    if run.sources:
+        sources = [run.sources[i // args.variations] for i in batch]
+        images_in = torch.stack([s.at_resolution(args.resolution) for s in sources])
+        with torch.no_grad():
+            clean = vae_encode(sampler.vae, images_in * 2 - 1).float()
+        regions = torch.stack([s.region_at_resolution(args.resolution) for s in sources])
+        keep = (clean, keep_mask(regions, latent, margin=1))
     latents = sample_pairs(sampler.dual, make_scheduler(args.scheduler, sampler.scheduler_config), sampler.cond,
                            sampler.uncond, gens, latent, steps=args.steps, guidance=run.guidance, backgrounds=bg,
-                           zero_background=sampler.zero, noise_schedule=sampler.noise_schedule)
+                           zero_background=sampler.zero, noise_schedule=sampler.noise_schedule, keep=keep)
     with torch.no_grad():
         images = vae_decode(sampler.vae, latents)
     masks = extract_masks(images[1::2], args.mask_method, u2net=sampler.u2net, sam=sampler.sam,
                           threshold=args.mask_threshold)
-    return images, masks
+    pairs = []
+    for k, i in enumerate(batch):
+        pair = {"image": to_uint8(images[2 * k]), "fg": to_uint8(images[2 * k + 1]),
+                "mask": to_uint8(masks.binary[k]), "empty": masks.empty[k], "extra": {}}
+        if sources is not None:
+            pair = placed_pair(pair, sources[k], variation=i % args.variations)
+        pairs.append(pair)
+    return pairs
 
 
-def write(run: GenerateRun, batch: list, images: torch.Tensor, masks, manifest: Path) -> None:
+def write(run: GenerateRun, batch: list, pairs: list, manifest: Path) -> None:
     """The batch's files (only unfinished indices reach here) and then, per pair, its manifest line:
     a pair counts as done once its line exists."""
-    from ..image_io import save_png
+    from ..image_io import save_array_png
 
     args, out = run.args, Path(run.args.output_dir)
     params = {k: v for k, v in run.settings.items() if k != "seed"} | {"run_seed": args.seed}
     with manifest.open("a", encoding="utf-8") as log:
-        for k, i in enumerate(batch):
+        for pair, i in zip(pairs, batch):
             paths = sample_paths(out, args.object, args.defect, i, args.mvtec_layout)
-            files = {"image": images[2 * k], "fg": images[2 * k + 1], "mask": masks.binary[k],
-                     "mvtec_image": images[2 * k], "mvtec_mask": masks.binary[k]}
+            files = {"image": pair["image"], "fg": pair["fg"], "mask": pair["mask"],
+                     "mvtec_image": pair["image"], "mvtec_mask": pair["mask"]}
             for key, path in paths.items():
-                save_png(files[key], path, overwrite=True)
-            entry = {"index": i, "seed": args.seed + i, "mask_empty": masks.empty[k],
+                save_array_png(files[key], path, overwrite=True)
+            entry = {"index": i, "seed": args.seed + i, "mask_empty": pair["empty"], **pair["extra"],
                      "files": {k2: str(p.relative_to(out)) for k2, p in paths.items()}, **params}
             log.write(json.dumps(entry) + "\n")
             log.flush()
@@ -323,15 +377,14 @@ def generate(args: GenerateConfig) -> Path:
     acc = Accelerator(cpu=args.cpu)
     announce(acc, "generate")
     device, dtype = _device_dtype(args, acc)
-    todo = [i for i in range(args.num_pairs) if i not in run.done][acc.process_index::acc.num_processes]
+    todo = [i for i in range(run.total) if i not in run.done][acc.process_index::acc.num_processes]
     sampler = load(run, device, dtype)
     manifest = run.root / ("manifest.jsonl" if acc.num_processes == 1 else f"manifest.part{acc.process_index}.jsonl")
     manifest.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(todo), desc=f"generate {args.object}/{args.defect}", disable=not acc.is_local_main_process)
     for start in range(0, len(todo), args.batch_size):
         batch = todo[start:start + args.batch_size]
-        images, masks = sample(run, sampler, batch)
-        write(run, batch, images, masks, manifest)
+        write(run, batch, sample(run, sampler, batch), manifest)
         bar.update(len(batch))
     bar.close()
     acc.wait_for_everyone()

@@ -10,6 +10,9 @@ Given a normal image I and a region R (True where the defect may go):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -66,3 +69,96 @@ def paste_back(generated: np.ndarray, image: np.ndarray, region: np.ndarray, fea
 def mask_in_region(mask: np.ndarray, region: np.ndarray) -> np.ndarray:
     """The extracted anomaly mask cut to the region (same dtype as ``mask``)."""
     return np.where(region, mask, np.zeros_like(mask))
+
+
+@dataclass
+class PlacementSource:
+    """One normal image of ``--on-images`` and the region its defects may go to."""
+
+    name: str           # the image file's name
+    image: np.ndarray   # uint8 (H, W, 3), original size
+    region: np.ndarray  # bool (H, W)
+    region_from: str    # the region file's name, or "box x,y,w,h"
+
+    def at_resolution(self, size: int) -> torch.Tensor:
+        """(3, size, size) float in [0, 1], the image resized for the model."""
+        from PIL import Image
+
+        resized = Image.fromarray(self.image).resize((size, size), Image.BICUBIC)
+        return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255).permute(2, 0, 1)
+
+    def region_at_resolution(self, size: int) -> torch.Tensor:
+        """(1, size, size) bool: every model pixel the region touches."""
+        r = torch.from_numpy(self.region.astype(np.float32))[None, None]
+        return (F.adaptive_max_pool2d(r, (size, size)) > 0)[0] if min(self.region.shape) >= size else \
+            (F.interpolate(r, size=(size, size), mode="bilinear", align_corners=False) > 0)[0]
+
+
+def parse_box(text: str) -> tuple:
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise DualAnoDiffError(f"--box {text!r}: give x,y,w,h in pixels, e.g. --box 40,60,32,24") from None
+    if w < 1 or h < 1 or x < 0 or y < 0:
+        raise DualAnoDiffError(f"--box {text!r}: x and y must be >= 0, w and h >= 1")
+    return x, y, w, h
+
+
+def box_region(box: tuple, shape: tuple, where: str) -> np.ndarray:
+    x, y, w, h = box
+    if x + w > shape[1] or y + h > shape[0]:
+        raise DualAnoDiffError(f"{where}: the box {x},{y},{w},{h} reaches past the image ({shape[1]}x{shape[0]} "
+                               "pixels); give a box inside it")
+    region = np.zeros(shape[:2], bool)
+    region[y:y + h, x:x + w] = True
+    return region
+
+
+def placement_sources(on_images: Path, regions: Path | None, box: str | None) -> list:
+    """Every image of ``on_images`` with its region (a mask file named like it in ``regions``, or the box),
+    checked; nothing is written."""
+    from PIL import Image
+
+    from ..training.data import _images
+
+    files = _images(Path(on_images))
+    if not files:
+        raise DualAnoDiffError(f"no images in --on-images {on_images}")
+    parsed_box = parse_box(box) if box is not None else None
+    sources = []
+    for path in files:
+        with Image.open(path) as im:
+            image = np.asarray(im.convert("RGB"))
+        if parsed_box is not None:
+            region, region_from = box_region(parsed_box, image.shape, str(path)), f"box {box}"
+        else:
+            region_file = _region_file(Path(regions), path)
+            with Image.open(region_file) as im:
+                region = check_region(np.asarray(im.convert("L")), image.shape, str(region_file))
+            region_from = region_file.name
+        sources.append(PlacementSource(path.name, image, region, region_from))
+    return sources
+
+
+def _region_file(regions: Path, image: Path) -> Path:
+    for name in (image.name, f"{image.stem}.png", f"{image.stem}_mask.png"):
+        if (regions / name).is_file():
+            return regions / name
+    raise DualAnoDiffError(f"no region for {image.name} in --regions {regions} (looked for {image.stem}.png and "
+                           f"{image.stem}_mask.png; white = where the defect may go)")
+
+
+def placed_pair(pair: dict, source: PlacementSource, variation: int) -> dict:
+    """A generated pair at model resolution brought back to the source image: the global image pasted
+    onto it (outside the region the source's own pixels), the anomaly image resized, the mask resized
+    and cut to the region."""
+    from PIL import Image
+
+    h, w = source.image.shape[:2]
+    generated = np.asarray(Image.fromarray(pair["image"]).resize((w, h), Image.BICUBIC))
+    fg = np.asarray(Image.fromarray(pair["fg"]).resize((w, h), Image.BICUBIC))
+    mask = np.asarray(Image.fromarray(pair["mask"]).resize((w, h), Image.NEAREST))
+    mask = mask_in_region(mask, source.region)
+    extra = {"source": source.name, "region": source.region_from, "variation": variation}
+    return {"image": paste_back(generated, source.image, source.region), "fg": fg, "mask": mask,
+            "empty": bool(pair["empty"] or not mask.any()), "extra": extra}
