@@ -1,5 +1,5 @@
 """ComfyUI node classes (thin glue over dualanodiff_core); cheap to import: no torch-heavy imports here."""
-from .image_nodes import DualAnoDiffBackground, DualAnoDiffExtractMask, DualAnoDiffSaveDataset
+from .image_nodes import DualAnoDiffBackground, DualAnoDiffExtractMask, DualAnoDiffPasteBack, DualAnoDiffSaveDataset
 from .loader_nodes import DualAnoDiffLoader, DualAnoDiffLoraPairLoader, DualAnoDiffSAMLoader, DualAnoDiffU2NetLoader
 from .model_folders import register_model_folders
 from .sampler_nodes import (
@@ -27,6 +27,7 @@ _NODES = {
     "DualAnoDiffU2NetLoader": (DualAnoDiffU2NetLoader, "DualAnoDiff U-2-Net Loader"),
     "DualAnoDiffSAMLoader": (DualAnoDiffSAMLoader, "DualAnoDiff SAM Loader"),
     "DualAnoDiffExtractMask": (DualAnoDiffExtractMask, "DualAnoDiff Extract Mask"),
+    "DualAnoDiffPasteBack": (DualAnoDiffPasteBack, "DualAnoDiff Paste Back (placement)"),
     "DualAnoDiffSaveDataset": (DualAnoDiffSaveDataset, "DualAnoDiff Save Dataset"),
 }
 NODE_CLASS_MAPPINGS = {name: cls for name, (cls, _) in _NODES.items()}

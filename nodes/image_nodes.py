@@ -68,6 +68,38 @@ class DualAnoDiffExtractMask:
         return extract(anomaly_image, method, threshold, grow, blur, u2net, sam)
 
 
+class DualAnoDiffPasteBack:
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Placement on your own images: pastes the generated global image back onto your normal image "
+                   "inside the region (edge feathered inside it), so every pixel outside the region is your "
+                   "image's own, and cuts the anomaly mask to the region.")
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("image", "mask")
+    OUTPUT_TOOLTIPS = ("Your image with the defect inside the region; outside it unchanged, pixel for pixel.",
+                       "The anomaly mask inside the region (0 outside it).")
+    FUNCTION = "paste"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "generated": ("IMAGE", {"tooltip": "The decoded global images of the Paired KSampler (sampled from "
+                                                   "your image's latent with Set Latent Noise Mask)."}),
+                "image": ("IMAGE", {"tooltip": "Your normal images (the ones VAE-encoded for the sampler), same size."}),
+                "region": ("MASK", {"tooltip": "Where the defect may go (1 = allowed): the mask given to Set Latent "
+                                               "Noise Mask. One mask, or one per image."}),
+                "anomaly_mask": ("MASK", {"tooltip": "The mask from DualAnoDiff Extract Mask."}),
+                "feather": ("INT", {"default": 3, "min": 0, "max": 64, "tooltip": "Pixels inside the region's "
+                                    "edge over which the generated image fades into yours (0: a hard edge)."}),
+            },
+        }
+
+    def paste(self, generated, image, region, anomaly_mask, feather):
+        from .placement_nodes import paste_back_batch
+
+        return paste_back_batch(generated, image, region, anomaly_mask, feather)
+
+
 class DualAnoDiffSaveDataset:
     CATEGORY = CATEGORY
     DESCRIPTION = ("Saves generated pairs as a dataset under ComfyUI's output folder: the pairs layout "

@@ -57,13 +57,14 @@ def feather_alpha(region: np.ndarray, feather: int) -> np.ndarray:
 
 
 def paste_back(generated: np.ndarray, image: np.ndarray, region: np.ndarray, feather: int = 3) -> np.ndarray:
-    """uint8 ``(H, W, 3)``: ``generated`` inside ``region`` (blended over ``feather`` pixels at its edge),
-    ``image`` itself everywhere else, bit for bit."""
+    """``generated`` inside ``region`` (blended over ``feather`` pixels at its edge), ``image`` itself
+    everywhere else, bit for bit. uint8 arrays are blended and rounded; float arrays stay float."""
     if generated.shape != image.shape:
         raise DualAnoDiffError(f"generated image {generated.shape} and input image {image.shape} differ in size")
     alpha = feather_alpha(region, feather)[..., None]
-    blended = np.rint(image.astype(np.float32) * (1 - alpha) + generated.astype(np.float32) * alpha)
-    return np.where(alpha > 0, blended.clip(0, 255).astype(np.uint8), image)
+    blended = image.astype(np.float32) * (1 - alpha) + generated.astype(np.float32) * alpha
+    blended = np.rint(blended).clip(0, 255).astype(np.uint8) if image.dtype == np.uint8 else blended.astype(image.dtype)
+    return np.where(alpha > 0, blended, image)
 
 
 def mask_in_region(mask: np.ndarray, region: np.ndarray) -> np.ndarray:

@@ -47,3 +47,37 @@ def test_noise_mask_holds_only_the_global_rows_outside_it(pack, dual_model):
     assert (g["samples"][inside] - image_latent[inside]).abs().max() > 0.1, "the region is generated"
     # the anomaly rows are not held anywhere: as far from the input as without a mask
     assert (a["samples"] - image_latent).abs()[outside].mean() > 0.5 * (free_a["samples"] - image_latent).abs()[outside].mean()
+
+
+def test_paste_back_node_keeps_every_outside_pixel_and_cuts_the_mask(pack):
+    node = pack.NODE_CLASS_MAPPINGS["DualAnoDiffPasteBack"]()
+    gen = torch.Generator().manual_seed(2)
+    generated, image = torch.rand(2, 24, 32, 3, generator=gen), torch.rand(2, 24, 32, 3, generator=gen)
+    region = torch.zeros(1, 24, 32)
+    region[0, 4:16, 10:30] = 1  # one region for both images
+    anomaly_mask = torch.ones(2, 24, 32)
+    out, mask = node.paste(generated, image, region, anomaly_mask, 3)
+    outside = region[0] == 0
+    assert torch.equal(out[:, outside], image[:, outside])
+    assert torch.equal(out[:, 8:12, 14:26], generated[:, 8:12, 14:26])  # 3 px inside the edge: generated
+    assert torch.equal(mask, region.expand(2, -1, -1))
+
+
+@pytest.mark.parametrize("change, message", [
+    ("empty", "the region is empty"),
+    ("size", "region is 16x24 pixels but the image is 32x24"),
+    ("generated", "generated images are 16x24 but your images 32x24"),
+], ids=["empty-region", "region-size", "image-size"])
+def test_paste_back_node_bad_input(pack, change, message):
+    DualAnoDiffError = pack_module(pack, "dualanodiff_core.errors").DualAnoDiffError
+    node = pack.NODE_CLASS_MAPPINGS["DualAnoDiffPasteBack"]()
+    generated, image = torch.rand(1, 24, 32, 3), torch.rand(1, 24, 32, 3)
+    region, anomaly_mask = torch.ones(1, 24, 32), torch.ones(1, 24, 32)
+    if change == "empty":
+        region = torch.zeros(1, 24, 32)
+    elif change == "size":
+        region = torch.ones(1, 24, 16)
+    else:
+        generated = torch.rand(1, 24, 16, 3)
+    with pytest.raises(DualAnoDiffError, match=message):
+        node.paste(generated, image, region, anomaly_mask, 3)
