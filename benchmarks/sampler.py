@@ -6,8 +6,10 @@ ComfyUI (the v0.3.75 copy fetched by scripts/fetch_comfyui.py):
   (3) the same with BCM (one extra reference UNet pass on N rows per call),
   (4) a graph with peers: a stock LoRA (LoraLoaderModelOnly) and a ControlNet (ControlNetApply) under
       the stock KSampler, against (5) the same LoRA under the DualAnoDiff Loader and the ControlNet on
-      the global prompt of the Paired KSampler.
-diffusers: a plain UNet call on the same batch, DualAnoDiffUNet, DualAnoDiffUNet with BCM.
+      the global prompt of the Paired KSampler,
+  (6) placement: the Paired KSampler on an image latent with a noise_mask (Set Latent Noise Mask).
+diffusers: a plain UNet call on the same batch, DualAnoDiffUNet, DualAnoDiffUNet with BCM; and the
+core's whole sampling loop (``sample_pairs``, Euler) without and with a placement region (``keep``).
 Each batch size in --pairs (default 1 and 4) runs all of them, so the cost per pair can be compared.
 
 The configurations run interleaved in rounds (each round runs every configuration once) and the
@@ -88,7 +90,7 @@ def random_layers(unet, bcm: bool):
 
 
 def measure(args, n, device, dtype, comfy_nodes, sampling, comfy_model, dual_comfy, lora_model, dual_on_lora,
-            control_net, plain_unet, duals) -> dict:
+            control_net, plain_unet, duals, scheduler_config) -> dict:
     """Every configuration for N pairs, interleaved in rounds; medians per step, peak memory, ratios."""
     import torch
 
@@ -104,10 +106,30 @@ def measure(args, n, device, dtype, comfy_nodes, sampling, comfy_model, dual_com
         return lambda: comfy_nodes.common_ksampler(model, 0, args.steps, 2.5, "euler", "normal", positive, neg,
                                                    {"samples": torch.zeros(2 * n, 4, lat, lat)})
 
-    def comfy_paired(model, bcm=False, positive_global=pos_g):
+    image_latent = torch.randn(n, 4, lat, lat, generator=gen)  # stands in for VAE Encode of the user's images
+    region = torch.zeros(n, lat * 8, lat * 8)
+    region[:, lat * 2:lat * 5, lat * 3:lat * 6] = 1  # a box over 14 % of the image
+
+    def comfy_paired(model, bcm=False, positive_global=pos_g, placed=False):
+        latent = ({"samples": image_latent, "noise_mask": region.reshape(n, 1, lat * 8, lat * 8)} if placed
+                  else {"samples": torch.zeros(n, 4, lat, lat)})
         return lambda: sampling.paired_ksample(model, 0, args.steps, 2.5, "euler", "normal", positive_global, pos_a, neg,
-                                               {"samples": torch.zeros(n, 4, lat, lat)},
-                                               background=background if bcm else None)
+                                               latent, background=background if bcm else None)
+
+    from dualanodiff_core.generation.placement import keep_mask
+    from dualanodiff_core.runtime.sampling import make_scheduler, sample_pairs
+
+    keep = (image_latent.to(device), keep_mask(region[:, None] > 0, (lat, lat)).to(device))
+
+    def core_sample(placed):
+        def run():
+            gens = [torch.Generator().manual_seed(i) for i in range(n)]
+            sample_pairs(duals[False], make_scheduler("euler", scheduler_config), ctx[:2].to(device),
+                         ctx[2:].expand(2, -1, -1).to(device), gens, (lat, lat), steps=args.steps, guidance=2.5,
+                         keep=keep if placed else None)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        return run
 
     x = torch.randn(4 * n, 4, lat, lat, generator=gen).to(device, dtype)
     c = ctx[[2, 2, 0, 1] * n][: 4 * n].to(device, dtype)
@@ -132,9 +154,12 @@ def measure(args, n, device, dtype, comfy_nodes, sampling, comfy_model, dual_com
         "comfy_paired_saim_bcm": comfy_paired(dual_comfy[True], bcm=True),
         "comfy_ksampler_2N_lora_cn": comfy_plain(lora_model, pos_g_cn),
         "comfy_paired_lora_cn": comfy_paired(dual_on_lora, positive_global=pos_g_cn),
+        "comfy_paired_placed": comfy_paired(dual_comfy[False], placed=True),
         "diffusers_unet_2N": diffusers_run("plain"),
         "diffusers_dual_saim": diffusers_run("dual"),
         "diffusers_dual_saim_bcm": diffusers_run("bcm"),
+        "core_sample_pairs": core_sample(False),
+        "core_sample_pairs_placed": core_sample(True),
     }
     times = {k: [] for k in configs}
     memory = {k: 0.0 for k in configs}
@@ -154,6 +179,8 @@ def measure(args, n, device, dtype, comfy_nodes, sampling, comfy_model, dual_com
         "comfy_peers_paired/ksampler": med["comfy_paired_lora_cn"] / med["comfy_ksampler_2N_lora_cn"],
         "diffusers_dual/unet": med["diffusers_dual_saim"] / med["diffusers_unet_2N"],
         "diffusers_dual_bcm/unet": med["diffusers_dual_saim_bcm"] / med["diffusers_unet_2N"],
+        "comfy_placed/paired": med["comfy_paired_placed"] / med["comfy_paired_saim"],
+        "core_placed/paired": med["core_sample_pairs_placed"] / med["core_sample_pairs"],
     }
     return {"pairs": n, "s_per_step": med, "extra_peak_mb": memory, "ratios": ratios}
 
@@ -228,10 +255,11 @@ def main() -> None:
     plain_unet.load_state_dict(unet_d.state_dict())
     plain_unet.to(device, dtype)
 
+    scheduler_config = _read_json(BUNDLED_CONFIG / "scheduler" / "scheduler_config.json")
     results = []
     for n in args.pairs:
         results.append(measure(args, n, device, dtype, comfy_nodes, sampling, comfy_model, dual_comfy, lora_model,
-                               dual_on_lora, control_net, plain_unet, duals))
+                               dual_on_lora, control_net, plain_unet, duals, scheduler_config))
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     print(f"DualAnoDiff sampler overhead: SD 1.5 UNet (random weights), latent {args.latent}, CFG, {args.dtype}, "
           f"{args.steps} steps x {args.rounds} rounds on {where}")

@@ -170,6 +170,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--evaluate", action="store_true", help="also train a small detector on each generated set and on "
                    "the two baselines (real-only, crop-and-paste) and score it on a held-out toy test set, as "
                    "`dualanodiff evaluate` does (about a minute more on 2 CPU cores)")
+    p.add_argument("--place", action="store_true", help="also put the SAIM model's defects on normal images of the "
+                   "world (generate --on-images --region auto) and report how much stays inside the regions and "
+                   "whether anything outside them changed (a few seconds more)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
     p.set_defaults(run=run_demo)
 
@@ -181,7 +184,8 @@ def run_demo(args) -> int:
 
     cfg = DemoConfig(out=args.out, base_model=args.base_model, defect=args.defect, shots=args.shots, pairs=args.pairs,
                      steps=args.steps, rank=args.rank, lr=args.lr, sample_steps=args.sample_steps,
-                     guidance=args.guidance, mask_threshold=args.mask_threshold, seed=args.seed, ablation=not args.no_ablation, evaluate=args.evaluate, cpu=args.cpu)
+                     guidance=args.guidance, mask_threshold=args.mask_threshold, seed=args.seed, ablation=not args.no_ablation, evaluate=args.evaluate,
+                     place=args.place, cpu=args.cpu)
     print(json.dumps(run(cfg), indent=1))
     return 0
 

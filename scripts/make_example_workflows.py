@@ -42,6 +42,11 @@ NODE_SPECS = {
     "DualAnoDiffExtractMask": ([("anomaly_image", "IMAGE"), ("u2net", "U2NET_MODEL"), ("sam", "SAM_MODEL")],
                                ["method", "threshold", "grow", "blur"],
                                [("mask", "MASK"), ("soft_mask", "MASK"), ("preview", "IMAGE")]),
+    "VAEEncode": ([("pixels", "IMAGE"), ("vae", "VAE")], [], [("LATENT", "LATENT")]),
+    "SetLatentNoiseMask": ([("samples", "LATENT"), ("mask", "MASK")], [], [("LATENT", "LATENT")]),
+    "RepeatLatentBatch": ([("samples", "LATENT")], ["amount"], [("LATENT", "LATENT")]),
+    "DualAnoDiffPasteBack": ([("generated", "IMAGE"), ("image", "IMAGE"), ("region", "MASK"), ("anomaly_mask", "MASK")],
+                             ["feather"], [("image", "IMAGE"), ("mask", "MASK")]),
     "DualAnoDiffSaveDataset": ([("images", "IMAGE"), ("masks", "MASK"), ("anomaly_images", "IMAGE")],
                                ["object_name", "defect_name", "layout", "folder"], []),
 }
@@ -98,7 +103,22 @@ def workflows() -> dict:
              41: ("LoadImage", {"image": "bottle_edges.png"}),
              42: ("ControlNetApply", {"conditioning": (11, 0), "control_net": (40, 0), "image": (41, 0), "strength": 0.8})}
     mixed[20] = _sampler((10, 0), (42, 0), (12, 0), (13, 0), (14, 0))
-    return {"dualanodiff_basic": basic, "dualanodiff_bcm": bcm, "dualanodiff_controlnet_lora": mixed}
+    # placement: your normal image with the region painted in Load Image's mask editor (its MASK output)
+    place = {**base, **_common(CHECKPOINT, (1, 0), (1, 1)),
+             50: ("LoadImage", {"image": "bottle_good_region.png"}),
+             51: ("VAEEncode", {"pixels": (50, 0), "vae": (1, 2)}),
+             52: ("SetLatentNoiseMask", {"samples": (51, 0), "mask": (50, 1)}),
+             53: ("RepeatLatentBatch", {"samples": (52, 0), "amount": 4}),
+             54: ("DualAnoDiffPasteBack", {"generated": (21, 0), "image": (50, 0), "region": (50, 1),
+                                           "anomaly_mask": (23, 0), "feather": 3}),
+             55: ("PreviewImage", {"images": (54, 0)})}
+    del place[14]
+    place[20] = _sampler((10, 0), (11, 0), (12, 0), (13, 0), (53, 0))
+    place[25] = ("DualAnoDiffSaveDataset", {"images": (54, 0), "masks": (54, 1), "anomaly_images": (22, 0),
+                                            "object_name": "bottle", "defect_name": "broken_large", "layout": "both",
+                                            "folder": "dualanodiff_placed"})
+    return {"dualanodiff_basic": basic, "dualanodiff_bcm": bcm, "dualanodiff_controlnet_lora": mixed,
+            "dualanodiff_place_on_image": place}
 
 
 def to_api(graph: dict) -> dict:
@@ -188,6 +208,7 @@ TITLES = {
     "dualanodiff_basic": "DualAnoDiff: pairs -> masks -> dataset",
     "dualanodiff_bcm": "DualAnoDiff BCM: background from a normal sample",
     "dualanodiff_controlnet_lora": "DualAnoDiff with LoRA + ControlNet",
+    "dualanodiff_place_on_image": "DualAnoDiff: defects on your own image",
 }
 
 

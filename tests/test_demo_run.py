@@ -1,5 +1,6 @@
-"""The shipped tiny base model and a reduced `dualanodiff demo` run (16 pairs, 150 training steps,
-10 sampling steps; about 65 s on 2 CPU cores) whose metrics must stay above floors set from measurement.
+"""The shipped tiny base model and a reduced `dualanodiff demo --place` run (16 pairs, 150 training steps,
+10 sampling steps, 32 placed pairs; about 90 s on 2 CPU cores) whose metrics must stay above floors set
+from measurement.
 
 Measured on this configuration (torch 2.13.0 CPU, 2 threads, 64 s):
 
@@ -48,13 +49,13 @@ def test_reduced_demo_runs_and_keeps_its_metrics(tmp_path, capsys):
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--shots", "8", "--pairs", "16", "--steps", "150",
-                 "--sample-steps", "10", "--cpu"]) == 0
+                 "--sample-steps", "10", "--place", "--cpu"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert json.loads((out / "metrics.json").read_text()) == report
     from PIL import Image
 
-    with Image.open(out / "contact_sheet.png") as sheet:  # training | SAIM | no SAIM, 8 rows of 4 tiles, x2
-        assert sheet.size == ((3 * 4 * 64 + 2 * 8) * 2, 8 * 64 * 2 + 16)
+    with Image.open(out / "contact_sheet.png") as sheet:  # training | SAIM | no SAIM | placed, 8 rows of 4 tiles, x2
+        assert sheet.size == ((4 * 4 * 64 + 3 * 8) * 2, 8 * 64 * 2 + 16)
     assert set(load_checkpoint(out / "checkpoints" / "demo_no_saim.safetensors").components) == {"unet_lora", "text_encoder_lora"}
     assert "saim" in load_checkpoint(out / "checkpoints" / "demo_saim.safetensors").components
     saim = report["saim"]
@@ -67,6 +68,10 @@ def test_reduced_demo_runs_and_keeps_its_metrics(tmp_path, capsys):
     low, high = FLOORS["defect_area_ratio"]
     assert low <= saim["defect_area_ratio"] <= high, saim
     assert report["saim"]["pairs"] == report["no_saim"]["pairs"] == 16
+    placed = report["placed"]
+    assert placed["pairs"] == 32 and placed["change_outside_region"] == 0.0, placed  # 16 images x 2 variations
+    assert placed["anomaly_defect_in_region"] >= FLOORS["placed_anomaly_defect_in_region"], placed
+    assert placed["alignment_iou_in_region"] >= FLOORS["placed_alignment_iou_in_region"], placed
 
 
 FLOORS = {
@@ -80,6 +85,10 @@ FLOORS = {
     "nonempty_mask_share": 0.5,  # 12/16 measured: the anomaly branch draws defects that give masks
     "global_defect_share": 0.5,  # 13/16 measured: the global branch draws defects
     "defect_area_ratio": (1 / 3, 3.0),  # 0.92 measured: generated defects about the training defects' size
+    # placement (--place): the anomaly branch held to its canvas outside the region draws inside it
+    # 1.0 measured (every anomaly defect pixel inside its region); 0.52 to 0.68 with the branch left free
+    "placed_anomaly_defect_in_region": 0.9,
+    "placed_alignment_iou_in_region": 0.1,  # 0.288 measured (5 of 32 placed pairs have a defect here)
 }
 
 

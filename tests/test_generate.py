@@ -233,6 +233,32 @@ def _expected_backgrounds(base_model, folder, masks, indices):
     return torch.stack(out)
 
 
+def test_bcm_checkpoint_on_your_images_takes_each_image_as_its_own_background(bcm_sd, checkpoints, mvtec_bottle,
+                                                                               tmp_path, monkeypatch, capsys):
+    import torch
+
+    good = mvtec_bottle / "train" / "good"
+    names = [p.stem for p in sorted(good.iterdir())]
+    masks = write_object_masks(tmp_path / "objects", names)
+    calls = _spy_on_sampler(monkeypatch)
+    out = tmp_path / "placed"
+    assert _generate(bcm_sd, checkpoints[True], out, "--on-images", str(good), "--box", "20,20,16,16",
+                     "--object-masks", str(masks), "--batch-size", "8") == 0
+    entry = json.loads((out / "bottle/scratch/manifest.jsonl").read_text().splitlines()[0])
+    assert entry["bcm"] is True and entry["guidance"] == 2.0
+    torch.testing.assert_close(calls[0]["backgrounds"], _expected_backgrounds(bcm_sd, good, masks, range(len(names))),
+                               atol=1e-5, rtol=1e-5)
+    region = np.zeros((64, 64), bool)
+    region[20:36, 20:36] = True
+    for i, f in enumerate(sorted(good.iterdir())):
+        assert np.array_equal(_pixels(out / f"bottle/scratch/image/{i}.png")[~region], _pixels(f)[~region])
+    # without BCM weights the object masks would do nothing: refused, nothing written
+    assert _generate(bcm_sd, checkpoints[False], tmp_path / "plain", "--on-images", str(good), "--box", "20,20,16,16",
+                     "--object-masks", str(masks)) == 2
+    assert "--u2net/--object-masks given but unused" in capsys.readouterr().err
+    assert not (tmp_path / "plain").exists()
+
+
 def test_bcm_backgrounds(bcm_sd, checkpoints, mvtec_bottle, tmp_path, monkeypatch):
     import torch
 

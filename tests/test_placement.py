@@ -35,6 +35,16 @@ def test_keep_mask_covers_every_cell_the_region_touches_plus_margin():
     assert set(torch.unique(keep1).tolist()) == {0.0, 1.0}
 
 
+def test_inner_keep_mask_generates_only_cells_wholly_inside_the_region():
+    from dualanodiff_core.generation.placement import inner_keep_mask
+
+    region = torch.from_numpy(np.stack([_box(64, 64, 16, 40, 8, 33), _box(64, 64, 20, 23, 8, 20)]))[:, None]
+    keep = inner_keep_mask(region, (8, 8))
+    assert sorted(map(tuple, (keep[0, 0] == 0).nonzero().tolist())) == [(r, c) for r in (2, 3, 4) for c in (1, 2, 3)]
+    # a region too thin to hold a whole cell: the cells it touches
+    assert torch.equal(keep[1], keep_mask(region[1:], (8, 8), margin=0)[0])
+
+
 def test_feather_is_zero_outside_and_ramps_inside():
     region = _box(32, 32, 8, 24, 8, 24)
     alpha = feather_alpha(region, 3)
@@ -81,6 +91,24 @@ def test_held_global_rows_end_exactly_on_the_image_outside_the_region(scheduler)
     assert not torch.allclose(placed[0::2][~outside], free[0::2][~outside])  # the region was generated
     nothing_kept = run((clean, torch.zeros_like(keep)))
     assert torch.equal(nothing_kept, free)
+
+
+def test_anomaly_rows_held_to_their_canvas_outside_the_region():
+    dual = dual_unet()
+    size = (8, 8)
+    gen = torch.Generator().manual_seed(6)
+    clean, canvas = torch.randn(2, 4, *size, generator=gen), torch.randn(1, 4, *size, generator=gen)
+    region = torch.zeros(2, 1, 64, 64, dtype=torch.bool)
+    region[:, :, 16:40, 16:40] = True
+    keep = keep_mask(region, size, margin=1)
+    cond, uncond = torch.randn(2, 77, 32, generator=gen), torch.randn(2, 77, 32, generator=gen)
+    out = sample_pairs(dual, make_scheduler("ddim", SCHEDULER_CONFIG), cond, uncond,
+                       [torch.Generator().manual_seed(s) for s in (1, 2)], size, steps=4, guidance=2.5,
+                       keep=(clean, keep), keep_anomaly=(canvas, keep))
+    outside = keep.bool().expand(-1, 4, -1, -1)
+    assert torch.equal(out[0::2][outside], clean[outside])
+    assert torch.equal(out[1::2][outside], canvas.expand(2, -1, -1, -1)[outside])
+    assert (out[1::2][~outside] - canvas.expand(2, -1, -1, -1)[~outside]).abs().max() > 0.1
 
 
 @pytest.mark.parametrize("region, shape, message", [
@@ -172,3 +200,113 @@ def test_cli_placement_bad_input(tiny_sd, checkpoint, tmp_path, capsys, extra, m
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_auto_region_is_a_training_defect_sized_box_on_the_object():
+    from dualanodiff_core.generation.placement import auto_region
+
+    obj = _box(64, 64, 10, 50, 20, 60)
+    sizes = np.array([[0.125, 0.25]])  # 8 x 16 pixels at 64 px
+    for seed in range(20):
+        region = auto_region(obj, sizes, np.random.default_rng(seed), "img.png")
+        assert region.any() and not region[~obj].any()
+        ys, xs = np.nonzero(region)
+        assert ys.max() - ys.min() + 1 <= 8 * 1.5 + 4 and xs.max() - xs.min() + 1 <= 16 * 1.5 + 4
+    full = auto_region(np.ones((64, 64), bool), sizes, np.random.default_rng(3), "img.png")
+    ys, xs = np.nonzero(full)
+    assert (ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) == (16, 28)  # 8 * 1.5 + 4, 16 * 1.5 + 4
+    again = auto_region(obj, sizes, np.random.default_rng(3), "img.png")
+    assert np.array_equal(again, auto_region(obj, sizes, np.random.default_rng(3), "img.png"))
+    with pytest.raises(DualAnoDiffError, match="img.png: no object found"):
+        auto_region(np.zeros((64, 64), bool), sizes, np.random.default_rng(0), "img.png")
+
+
+def test_threshold_object_mask_finds_the_object_on_a_plain_background():
+    from dualanodiff_core.generation.placement import threshold_object_mask
+
+    image = np.full((32, 40, 3), 60, np.uint8)
+    image[8:20, 10:30] = (200, 120, 40)
+    assert np.array_equal(threshold_object_mask(image), _box(32, 40, 8, 20, 10, 30))
+
+
+def test_defect_sizes_are_the_training_boxes(tmp_path):
+    from dualanodiff_core.generation.placement import defect_sizes
+
+    Image.fromarray(_box(64, 32, 4, 12, 0, 16).astype(np.uint8) * 255).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "empty.png")
+    np.testing.assert_allclose(defect_sizes(tmp_path), [[8 / 64, 16 / 32]])
+    (tmp_path / "a.png").unlink()
+    with pytest.raises(DualAnoDiffError, match="no non-empty mask"):
+        defect_sizes(tmp_path)
+
+
+def _auto_inputs(tmp_path):
+    images = _normal_images(tmp_path / "normal", [(80, 56), (64, 64)])
+    objects = {"n0.png": _box(56, 80, 8, 48, 10, 70), "n1.png": _box(64, 64, 16, 48, 16, 48)}
+    (tmp_path / "objects").mkdir()
+    for name, obj in objects.items():
+        Image.fromarray(obj.astype(np.uint8) * 255).save(tmp_path / "objects" / name)
+    (tmp_path / "training_masks").mkdir()
+    Image.fromarray(_box(64, 64, 20, 26, 10, 40).astype(np.uint8) * 255).save(tmp_path / "training_masks" / "0.png")
+    return images, objects
+
+
+def test_cli_region_auto_places_inside_the_object(tiny_sd, checkpoint, tmp_path):
+    images, objects = _auto_inputs(tmp_path)
+    out = tmp_path / "out"
+    args = ["--on-images", str(tmp_path / "normal"), "--region", "auto", "--training-masks",
+            str(tmp_path / "training_masks"), "--object-masks", str(tmp_path / "objects"), "--variations", "3"]
+    assert _generate(tiny_sd, checkpoint, out, *args) == 0
+    root = out / "part" / "dent"
+    entries = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
+    assert len(entries) == 6 and all(e["regions"].startswith("auto objects") for e in entries)
+    boxes = set()
+    for e in entries:
+        x, y, w, h = (int(v) for v in e["region"].removeprefix("auto ").split(","))
+        boxes.add((e["source"], x, y, w, h))
+        src, obj = images[e["source"]], objects[e["source"]]
+        bbox = _box(*src.shape[:2], y, y + h, x, x + w)
+        assert not bbox[~obj].any(), "the region lies on the object"
+        placed = np.asarray(Image.open(root / "image" / f"{e['index']}.png"))
+        mask = np.asarray(Image.open(root / "mask" / f"{e['index']}.png"))
+        assert np.array_equal(placed[~bbox], src[~bbox]) and not mask[~bbox].any()
+    assert len(boxes) == 6, "each variation draws its own place"
+    # the same command again: the same regions are drawn, so the folder is complete and nothing is redone
+    assert _generate(tiny_sd, checkpoint, out, *args) == 0
+    assert len((root / "manifest.jsonl").read_text().splitlines()) == 6
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--region", "auto"], "add --training-masks DIR"),
+    (["--region", "auto", "--training-masks", "{masks}", "--object-masks", "{empty_objects}"],
+     "n0.png: no object found"),
+    (["--box", "1,1,4,4", "--training-masks", "{masks}"], "--training-masks is for --region auto"),
+    (["--box", "1,1,4,4", "--region", "auto", "--training-masks", "{masks}"], "one of: --regions DIR"),
+], ids=["no-training-masks", "no-object", "masks-without-auto", "two-region-kinds"])
+def test_cli_region_auto_bad_input(tiny_sd, checkpoint, tmp_path, capsys, extra, message):
+    _auto_inputs(tmp_path)
+    (tmp_path / "empty_objects").mkdir()
+    for name, (w, h) in (("n0.png", (80, 56)), ("n1.png", (64, 64))):
+        Image.fromarray(np.zeros((h, w), np.uint8)).save(tmp_path / "empty_objects" / name)
+    extra = [x.format(masks=tmp_path / "training_masks", empty_objects=tmp_path / "empty_objects") for x in extra]
+    code = _generate(tiny_sd, checkpoint, tmp_path / "out", "--on-images", str(tmp_path / "normal"), *extra)
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_anomaly_outside_is_recorded_and_needs_on_images(tiny_sd, checkpoint, tmp_path, capsys):
+    images = _normal_images(tmp_path / "normal", [(64, 64)])
+    out = tmp_path / "out"
+    assert _generate(tiny_sd, checkpoint, out, "--on-images", str(tmp_path / "normal"), "--box", "8,8,24,24",
+                     "--anomaly-outside", "free") == 0
+    entry = json.loads((out / "part" / "dent" / "manifest.jsonl").read_text().splitlines()[0])
+    assert entry["anomaly_outside"] == "free" and entry["regions"] == "box 8,8,24,24"
+    placed = np.asarray(Image.open(out / "part" / "dent" / "image" / "0.png"))
+    region = _box(64, 64, 8, 32, 8, 32)
+    assert np.array_equal(placed[~region], images["n0.png"][~region])
+    # continuing the folder with the anomaly branch on its canvas (the default) would mix two datasets
+    assert _generate(tiny_sd, checkpoint, out, "--on-images", str(tmp_path / "normal"), "--box", "8,8,24,24") == 2
+    assert "anomaly_outside" in capsys.readouterr().err
+    assert _generate(tiny_sd, checkpoint, tmp_path / "plain", "--anomaly-outside", "free") == 2
+    assert "add --on-images DIR" in capsys.readouterr().err

@@ -58,6 +58,7 @@ class DemoConfig:
     seed: int = 0
     ablation: bool = True
     evaluate: bool = False    # train a detector on each set and the two baselines (dualanodiff evaluate)
+    place: bool = False       # also put the SAIM model's defects on normal world images (generate --on-images)
     cpu: bool = False
 
 
@@ -139,10 +140,16 @@ def metrics(samples: dict, training_masks=None) -> dict:
     return {**out, "pairs": len(masks)}
 
 
-def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The global image with the extracted mask tinted green (the world's defects are magenta)."""
+def _overlay(image: np.ndarray, mask: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
+    """The global image with the extracted mask tinted green (the world's defects are magenta) and, for
+    placed pairs, the region's edge in yellow."""
     tint = np.array([0.1, 0.95, 0.2], np.float32)
-    return np.where(mask[..., None], 0.45 * image + 0.55 * tint, image)
+    out = np.where(mask[..., None], 0.45 * image + 0.55 * tint, image)
+    if region is not None:
+        inner = region.copy()
+        inner[1:-1, 1:-1] = region[:-2, 1:-1] & region[2:, 1:-1] & region[1:-1, :-2] & region[1:-1, 2:] & region[1:-1, 1:-1]
+        out = np.where((region & ~inner)[..., None], np.array([1.0, 0.9, 0.1], np.float32), out)
+    return out
 
 
 def contact_sheet(results: dict, path: Path, rows: int = 8, scale: int = 2) -> Path:
@@ -154,7 +161,8 @@ def contact_sheet(results: dict, path: Path, rows: int = 8, scale: int = 2) -> P
     for name, s in results.items():
         n = min(rows, len(s["image"]))
         lines = [np.concatenate([s["image"][i], s["fg"][i], np.repeat(s["mask"][i][..., None], 3, -1).astype(np.float32),
-                                 _overlay(s["image"][i], s["mask"][i])], axis=1) for i in range(n)]
+                                 _overlay(s["image"][i], s["mask"][i], s["region"][i] if "region" in s else None)],
+                                axis=1) for i in range(n)]
         blocks.append((name, np.concatenate(lines, axis=0)))
     gap = np.ones((blocks[0][1].shape[0], 8, 3), np.float32)
     sheet = np.concatenate([x for _, b in blocks for x in (b, gap)][:-1], axis=1)
@@ -224,9 +232,16 @@ def run(cfg: DemoConfig) -> dict:
         results[variant] = read_samples(root, cfg.pairs)
         report[variant] = {**metrics(results[variant], training), "checkpoint": str(ckpt),
                            "train_seconds": round(t1 - t0, 1), "generate_seconds": round(t2 - t1, 1)}
+        if variant == "saim" and cfg.place:
+            from .placement_stage import run_placement
+
+            placed, report["placed"] = run_placement(cfg, ckpt, masks, training, out)
+            report["placed"]["generate_seconds"] = round(time.perf_counter() - t2, 1)
+            results["placed"] = {k: placed[k] for k in ("image", "fg", "mask", "region")}
     if cfg.evaluate:
         report["downstream"] = _downstream(cfg, out)
-    sheet = contact_sheet({"training": shots, **results}, out / "contact_sheet.png")
+    placed = {"placed": results.pop("placed")} if "placed" in results else {}
+    sheet = contact_sheet({"training": shots, **results, **placed}, out / "contact_sheet.png")
     device = PartialState().device.type  # what the trainer and generator ran on
     summary = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
                "device": device, **report, "diversity_of_training_masks": diversity(training),

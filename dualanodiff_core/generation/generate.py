@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 from .. import checks
+from .backgrounds import background_latents, encode_backgrounds, own_object_masks
 from .dataset_layout import check_names, mvtec_paths, pair_paths
+from .placement import regions_setting, run_sources
 from ..runtime.dtypes import torch_dtype
 from ..errors import DualAnoDiffError
 from ..masks.methods import MASK_METHODS, METHODS, check_mask_method
@@ -28,7 +30,8 @@ CLI_MODEL_HINTS = {"u2net": "--u2net FILE (u2net.pth or u2netp.pth)",
 
 # Settings a dataset folder is made with; continuing it with others would mix two datasets.
 RUN_SETTINGS = ("checkpoint", "base_model", "scheduler", "steps", "guidance", "resolution", "mask_method",
-                "mask_threshold", "bcm", "seed", "on_images", "variations")
+                "mask_threshold", "bcm", "seed", "on_images", "variations", "regions",
+                "anomaly_outside")
 
 
 @dataclass(kw_only=True)
@@ -65,7 +68,10 @@ class GenerateConfig:
     on_images: Path | None = None
     regions: Path | None = None
     box: str | None = None
+    region: str | None = None  # "auto"
+    training_masks: Path | None = None
     variations: int = 1
+    anomaly_outside: str = "canvas"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,7 +92,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backgrounds", type=Path, help="folder of good (defect-free) images for BCM backgrounds; "
                    "needs a BCM checkpoint and --u2net or --object-masks")
     p.add_argument("--u2net", type=Path, help="u2net.pth/u2netp.pth to cut the object out of the backgrounds")
-    p.add_argument("--object-masks", type=Path, help="object masks for --backgrounds, named like the images")
+    p.add_argument("--object-masks", type=Path, help="object masks named like the images: of --backgrounds (BCM), "
+                   "or of --on-images for --region auto")
     p.add_argument("--mask-method", choices=METHODS, default="threshold",
                    help="how masks are cut out of the anomaly image: " + "; ".join(
                        f"{m.name}: {m.summary}" + (f" (needs {', '.join('--' + n for n in m.needs)})" if m.needs else "")
@@ -108,6 +115,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     place.add_argument("--regions", type=Path, help="folder of region masks named like the images (x.png or "
                        "x_mask.png, white = where the defect may go), the size of their images")
     place.add_argument("--box", help="one region for every image: x,y,w,h in pixels")
+    place.add_argument("--region", choices=("auto",), help="auto: a random place on the object per pair, the size "
+                       "of a training defect (drawn from --training-masks, grown by a quarter each side), cut to the "
+                       "object; the object from --object-masks, else U-2-Net (--u2net), else the pixels that differ "
+                       "from the image border's colour")
+    place.add_argument("--training-masks", type=Path, help="for --region auto: the few-shot defect masks the "
+                       "checkpoint was trained on (their sizes)")
+    place.add_argument("--anomaly-outside", choices=("canvas", "free"), default="canvas", help="the anomaly branch "
+                       "outside the region: canvas (held to its empty mid-grey canvas outside the latent cells lying "
+                       "wholly inside the region, so it draws the defect inside it) or free (drawn anywhere, its mask "
+                       "cut to the region) (default: canvas; the demo world measures both, see the README)")
     place.add_argument("--variations", type=int, default=1, help="pairs per image, each from its own seed "
                        "(default: 1)")
     use_defaults_of(p, GenerateConfig)
@@ -137,28 +154,6 @@ def _device_dtype(args, accelerator):
     return device, torch_dtype(args.dtype)
 
 
-def _background_latents(args, vae, size: int) -> torch.Tensor:
-    """Clean unscaled latents of the good images with the object cut out (reference BCM inference)."""
-    from ..training.data import _images, _load_rgb, load_object_masks, Pair
-    from ..runtime.sampling import vae_encode
-
-    files = _images(args.backgrounds)
-    if not files:
-        raise DualAnoDiffError(f"no images in --backgrounds {args.backgrounds}")
-    images = torch.stack([torch.from_numpy(_load_rgb(f, size)).permute(2, 0, 1) for f in files])
-    if args.object_masks:
-        obj = torch.stack([torch.from_numpy(m) for m in load_object_masks([Pair(f, f) for f in files], args.object_masks, size)]).unsqueeze(1)
-    elif args.u2net:
-        from ..masks.u2net import load_u2net, saliency
-
-        obj = saliency(load_u2net(args.u2net), images)
-    else:
-        raise DualAnoDiffError("--backgrounds needs --u2net FILE or --object-masks DIR to cut the object out")
-    background = images * (1 - obj)  # object black, soft edge
-    with torch.no_grad():
-        return vae_encode(vae, background * 2 - 1, scaled=False).float().cpu()
-
-
 @dataclass
 class GenerateRun:
     """A checked ``generate`` run: nothing loaded but the DualAnoDiff checkpoint, nothing written."""
@@ -170,14 +165,16 @@ class GenerateRun:
     settings: dict
     done: dict
     total: int = 0      # pairs in the finished dataset
-    sources: list = None  # placement: PlacementSource per --on-images image
+    bcm: bool = False   # background conditioning: --backgrounds, or a BCM checkpoint on --on-images
+    sources: list = None  # placement: the PlacementSource of each pair
 
 
-def run_settings(args, guidance: float) -> dict:
+def run_settings(args, guidance: float, bcm: bool) -> dict:
     return {"checkpoint": Path(args.checkpoint).name, "base_model": Path(args.base_model).name,
             "scheduler": args.scheduler, "steps": args.steps, "guidance": guidance, "resolution": args.resolution,
-            "mask_method": args.mask_method, "mask_threshold": args.mask_threshold, "bcm": bool(args.backgrounds),
-            "seed": args.seed, **({"on_images": str(args.on_images), "variations": args.variations}
+            "mask_method": args.mask_method, "mask_threshold": args.mask_threshold, "bcm": bcm,
+            "seed": args.seed, **({"on_images": str(args.on_images), "variations": args.variations,
+                                   "regions": regions_setting(args), "anomaly_outside": args.anomaly_outside}
                                   if args.on_images is not None else {})}
 
 
@@ -214,21 +211,33 @@ def check_arguments(args) -> None:
     if args.backgrounds and not (args.u2net or args.object_masks):
         raise DualAnoDiffError("--backgrounds needs --u2net FILE or --object-masks DIR to cut the object out")
     checks.at_least(args.variations, 1, "--variations")
+    auto = args.region == "auto"
     if args.on_images is None:
-        if args.regions is not None or args.box is not None or args.variations != 1:
-            raise DualAnoDiffError("--regions, --box and --variations place defects on your images: add --on-images DIR")
+        if args.regions is not None or args.box is not None or args.region is not None or args.variations != 1 \
+                or args.anomaly_outside != "canvas":
+            raise DualAnoDiffError("--regions, --box, --region, --variations and --anomaly-outside place defects on "
+                                   "your images: add --on-images DIR")
     else:
         checks.input_dir(args.on_images, "--on-images")
-        if (args.regions is None) == (args.box is None):
-            raise DualAnoDiffError("--on-images needs where the defects may go: --regions DIR or --box x,y,w,h")
+        if sum(x is not None for x in (args.regions, args.box, args.region)) != 1:
+            raise DualAnoDiffError("--on-images needs where the defects may go, one of: --regions DIR, --box x,y,w,h, "
+                                   "--region auto")
         if args.regions is not None:
             checks.input_dir(args.regions, "--regions")
+        if auto and args.training_masks is None:
+            raise DualAnoDiffError("--region auto draws each region's size from the training defects: add "
+                                   "--training-masks DIR (the few-shot masks)")
         if args.backgrounds:
-            raise DualAnoDiffError("--backgrounds and --on-images do not go together (placement keeps your image "
-                                   "itself outside the region)")
-    if (args.u2net or args.object_masks) and not args.backgrounds and not (args.u2net and "u2net" in method.uses):
+            raise DualAnoDiffError("--backgrounds and --on-images do not go together: with a BCM checkpoint each "
+                                   "--on-images image is its own background")
+    if args.training_masks is not None:
+        if not auto:
+            raise DualAnoDiffError("--training-masks is for --region auto")
+        checks.input_dir(args.training_masks, "--training-masks")
+    if (args.u2net or args.object_masks) and not args.backgrounds and args.on_images is None \
+            and not (args.u2net and "u2net" in method.uses):
         raise DualAnoDiffError("--u2net/--object-masks given but unused: they cut the object out of --backgrounds "
-                               "(or make masks with --mask-method u2net)")
+                               "or of --on-images (or make masks with --mask-method u2net)")
 
 
 def prepare(args) -> GenerateRun:
@@ -245,20 +254,21 @@ def prepare(args) -> GenerateRun:
             raise DualAnoDiffError(f"--backgrounds given, but {args.checkpoint} has no BCM weights")
         if not _images(Path(args.backgrounds)):
             raise DualAnoDiffError(f"no images in --backgrounds {args.backgrounds}")
-    guidance = args.guidance if args.guidance is not None else (2.0 if args.backgrounds else 2.5)
+    bcm = bool(args.backgrounds) or (args.on_images is not None and ckpt.has("bcm"))
+    if args.on_images is not None and not bcm and args.region != "auto" and (args.u2net or args.object_masks) \
+            and not (args.u2net and "u2net" in MASK_METHODS[args.mask_method].uses):
+        raise DualAnoDiffError(f"--u2net/--object-masks given but unused: {args.checkpoint} has no BCM weights and "
+                               "the regions are given (they are for --region auto and BCM checkpoints)")
+    guidance = args.guidance if args.guidance is not None else (2.0 if bcm else 2.5)
     root = Path(args.output_dir) / args.object / args.defect
     checks.output_dir(root, "the dataset folder")
     done = read_manifest(root) if root.is_dir() else {}
-    settings = run_settings(args, guidance)
+    settings = run_settings(args, guidance, bcm)
     checks.same_settings(recorded_settings(done), settings, root,
                          "continue it with the same settings, or choose another --output-dir, --object or --defect")
-    sources = None
-    if args.on_images is not None:
-        from .placement import placement_sources
-
-        sources = placement_sources(args.on_images, args.regions, args.box)
-    total = len(sources) * args.variations if sources else args.num_pairs
-    return GenerateRun(args, ckpt, root, guidance, settings, done, total, sources)
+    sources = run_sources(args) if args.on_images is not None else None
+    total = len(sources) if sources else args.num_pairs
+    return GenerateRun(args, ckpt, root, guidance, settings, done, total=total, bcm=bcm, sources=sources)
 
 
 @dataclass
@@ -275,6 +285,7 @@ class Sampler:
     zero: torch.Tensor | None
     u2net: object
     sam: object
+    own_objects: dict | None = None  # placement with BCM: object mask per --on-images image
 
 
 def load(run: GenerateRun, device, dtype) -> Sampler:
@@ -299,13 +310,16 @@ def load(run: GenerateRun, device, dtype) -> Sampler:
     prompts = ckpt.prompts
     with torch.no_grad():
         emb = encode_prompts(base.tokenizer, te, [prompts["global"], prompts["anomaly"], prompts["negative"]])
-    backgrounds = zero = None
+    backgrounds = zero = own_objects = None
     if args.backgrounds:
-        backgrounds = _background_latents(args, vae, args.resolution)
+        backgrounds = background_latents(args, vae, args.resolution)
+    elif run.bcm:
+        own_objects = own_object_masks(args, run.sources, args.resolution)
+    if run.bcm:
         with torch.no_grad():
             zero = vae_encode(vae, torch.zeros(1, 3, args.resolution, args.resolution), scaled=False).float().cpu()
     return Sampler(dual, vae, base.scheduler_config, emb[:2], emb[2:].expand(2, -1, -1),
-                   DDPMScheduler.from_config(base.scheduler_config), backgrounds, zero, u2net, sam)
+                   DDPMScheduler.from_config(base.scheduler_config), backgrounds, zero, u2net, sam, own_objects)
 
 
 def sample(run: GenerateRun, sampler: Sampler, batch: list) -> list:
@@ -315,23 +329,30 @@ def sample(run: GenerateRun, sampler: Sampler, batch: list) -> list:
     from ..image_io import to_uint8
     from ..masks.extract import extract_masks
     from ..runtime.sampling import latent_scale, make_scheduler, sample_pairs, vae_decode, vae_encode
-    from .placement import keep_mask, placed_pair
+    from .placement import inner_keep_mask, keep_mask, placed_pair
 
     args = run.args
     gens = [torch.Generator().manual_seed(args.seed + i) for i in batch]
     bg = None if sampler.backgrounds is None else sampler.backgrounds[torch.tensor(batch) % len(sampler.backgrounds)]
     latent = (args.resolution // latent_scale(sampler.vae),) * 2
-    keep, sources = None, None
+    keep = keep_anomaly = sources = None
     if run.sources:
-        sources = [run.sources[i // args.variations] for i in batch]
+        sources = [run.sources[i] for i in batch]
         images_in = torch.stack([s.at_resolution(args.resolution) for s in sources])
         with torch.no_grad():
             clean = vae_encode(sampler.vae, images_in * 2 - 1).float()
         regions = torch.stack([s.region_at_resolution(args.resolution) for s in sources])
-        keep = (clean, keep_mask(regions, latent, margin=1))
+        keep = (clean, keep_mask(regions, latent, margin=0))  # every cell the region touches is generated
+        if args.anomaly_outside == "canvas":  # the anomaly branch's empty canvas: mid grey, 0 in [-1, 1]
+            with torch.no_grad():
+                canvas = vae_encode(sampler.vae, torch.zeros(1, 3, args.resolution, args.resolution)).float()
+            keep_anomaly = (canvas, inner_keep_mask(regions, latent))
+        if sampler.own_objects is not None:  # BCM: the image is its own background
+            bg = encode_backgrounds(sampler.vae, images_in, torch.stack([sampler.own_objects[s.name] for s in sources]))
     latents = sample_pairs(sampler.dual, make_scheduler(args.scheduler, sampler.scheduler_config), sampler.cond,
                            sampler.uncond, gens, latent, steps=args.steps, guidance=run.guidance, backgrounds=bg,
-                           zero_background=sampler.zero, noise_schedule=sampler.noise_schedule, keep=keep)
+                           zero_background=sampler.zero, noise_schedule=sampler.noise_schedule, keep=keep,
+                           keep_anomaly=keep_anomaly)
     with torch.no_grad():
         images = vae_decode(sampler.vae, latents)
     masks = extract_masks(images[1::2], args.mask_method, u2net=sampler.u2net, sam=sampler.sam,

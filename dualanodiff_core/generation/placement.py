@@ -3,10 +3,14 @@
 Given a normal image I and a region R (True where the defect may go):
 
 - the global branch's latent is held to I's latent outside R at every step (blended-latent style):
-  :func:`keep_mask` is R brought down to latent size and grown by a margin, then inverted;
+  :func:`keep_mask` is every latent cell R touches (optionally grown by a margin), inverted; the anomaly
+  branch may be held to its empty canvas outside the cells wholly inside R (:func:`inner_keep_mask`);
 - the final global image is pasted back onto I with an edge feathered *inside* R
   (:func:`paste_back`), so every pixel outside R is I's own, whatever the VAE did;
 - the mask is the extracted anomaly mask intersected with R (:func:`mask_in_region`).
+
+Regions come from mask files, one box for every image, or ``auto`` (:func:`auto_region`): a box of a
+training defect's size at a random place on the object, cut to the object.
 """
 from __future__ import annotations
 
@@ -20,8 +24,9 @@ import torch.nn.functional as F
 from ..errors import DualAnoDiffError
 
 
-def check_region(region: np.ndarray, image_shape: tuple, where: str) -> np.ndarray:
-    """A boolean (H, W) region of the image's size with at least one pixel; clear errors otherwise."""
+def check_region(region: np.ndarray, image_shape: tuple, where: str, allow_empty: bool = False) -> np.ndarray:
+    """A boolean (H, W) region of the image's size with at least one pixel (unless ``allow_empty``);
+    clear errors otherwise."""
     region = np.asarray(region)
     if region.ndim == 3:
         region = region[..., 0]
@@ -29,7 +34,7 @@ def check_region(region: np.ndarray, image_shape: tuple, where: str) -> np.ndarr
         raise DualAnoDiffError(f"{where}: region is {region.shape[1]}x{region.shape[0]} pixels but the image is "
                                f"{image_shape[1]}x{image_shape[0]}; give a region of the image's size")
     region = region > (127 if region.dtype == np.uint8 else 0.5)
-    if not region.any():
+    if not region.any() and not allow_empty:
         raise DualAnoDiffError(f"{where}: the region is empty; mark where the defect may go (white = allowed)")
     return region
 
@@ -41,6 +46,17 @@ def keep_mask(region: torch.Tensor, latent_size: tuple, margin: int = 1) -> torc
     if margin > 0:
         r = F.max_pool2d(r, 2 * margin + 1, stride=1, padding=margin)
     return 1.0 - r
+
+
+def inner_keep_mask(region: torch.Tensor, latent_size: tuple) -> torch.Tensor:
+    """Like :func:`keep_mask` but generated only in the latent cells lying wholly inside the region (for
+    the anomaly branch, whose defect must end inside it); an image whose region holds no whole cell
+    falls back to the cells it touches."""
+    inner = -F.adaptive_max_pool2d(-region.float(), latent_size)
+    touched = F.adaptive_max_pool2d(region.float(), latent_size)
+    empty = inner.flatten(1).amax(1) == 0
+    inner[empty] = touched[empty]
+    return 1.0 - inner
 
 
 def feather_alpha(region: np.ndarray, feather: int) -> np.ndarray:
@@ -115,9 +131,60 @@ def box_region(box: tuple, shape: tuple, where: str) -> np.ndarray:
     return region
 
 
+def defect_sizes(training_masks: Path) -> np.ndarray:
+    """``(K, 2)`` float: each training mask's defect bounding box (height, width) as a share of its image's
+    (height, width). Empty masks are skipped; none left is an error naming the folder."""
+    from PIL import Image
+
+    from ..training.data import _images
+
+    sizes = []
+    for path in _images(Path(training_masks)):
+        with Image.open(path) as im:
+            mask = np.asarray(im.convert("L")) > 127
+        if mask.any():
+            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+            sizes.append(((rows[-1] - rows[0] + 1) / mask.shape[0], (cols[-1] - cols[0] + 1) / mask.shape[1]))
+    if not sizes:
+        raise DualAnoDiffError(f"--training-masks {training_masks}: no non-empty mask there; give the folder of "
+                               "the few-shot defect masks the checkpoint was trained on")
+    return np.asarray(sizes, np.float64)
+
+
+def threshold_object_mask(image: np.ndarray, threshold: float = 0.1) -> np.ndarray:
+    """(H, W) bool: pixels whose colour differs from the image border's median colour by more than
+    ``threshold`` (RGB distance / sqrt 3, in [0, 1]): the object on a plain background, no weights."""
+    x = np.asarray(image, np.float32) / (255.0 if image.dtype == np.uint8 else 1.0)
+    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
+    return np.linalg.norm(x - np.median(border, axis=0), axis=-1) / np.sqrt(3) > threshold
+
+
+def auto_region(object_mask: np.ndarray, sizes: np.ndarray, rng: np.random.Generator, where: str,
+                grow: float = 0.25) -> np.ndarray:
+    """A random region inside the object: a box the size of a randomly drawn training defect (``sizes``
+    from :func:`defect_sizes`, grown by ``grow`` of its size on each side, at least 2 pixels), centred on
+    a random object pixel, cut to the object. Errors name ``where`` when there is no object."""
+    object_mask = np.asarray(object_mask, bool)
+    h, w = object_mask.shape
+    ys, xs = np.nonzero(object_mask)
+    if not len(ys):
+        raise DualAnoDiffError(f"{where}: no object found, so no place inside it for --region auto; give its "
+                               "object mask with --object-masks, or a region with --regions or --box")
+    rel_h, rel_w = sizes[rng.integers(len(sizes))]
+    bh = min(h, max(1, round(rel_h * h * (1 + 2 * grow))) + 4)
+    bw = min(w, max(1, round(rel_w * w * (1 + 2 * grow))) + 4)
+    k = rng.integers(len(ys))
+    top = int(np.clip(ys[k] - bh // 2, 0, h - bh))
+    left = int(np.clip(xs[k] - bw // 2, 0, w - bw))
+    region = np.zeros((h, w), bool)
+    region[top:top + bh, left:left + bw] = True
+    return region & object_mask
+
+
 def placement_sources(on_images: Path, regions: Path | None, box: str | None) -> list:
-    """Every image of ``on_images`` with its region (a mask file named like it in ``regions``, or the box),
-    checked; nothing is written."""
+    """Every image of ``on_images`` with its region (a mask file named like it in ``regions``, or the box;
+    ``regions`` None and ``box`` None: no region yet, see :func:`with_auto_regions`), checked; nothing
+    is written."""
     from PIL import Image
 
     from ..training.data import _images
@@ -132,21 +199,60 @@ def placement_sources(on_images: Path, regions: Path | None, box: str | None) ->
             image = np.asarray(im.convert("RGB"))
         if parsed_box is not None:
             region, region_from = box_region(parsed_box, image.shape, str(path)), f"box {box}"
-        else:
-            region_file = _region_file(Path(regions), path)
+        elif regions is not None:
+            region_file = _region_file(Path(regions), path, "--regions")
             with Image.open(region_file) as im:
                 region = check_region(np.asarray(im.convert("L")), image.shape, str(region_file))
             region_from = region_file.name
+        else:
+            region, region_from = None, "auto"
         sources.append(PlacementSource(path.name, image, region, region_from))
     return sources
 
 
-def _region_file(regions: Path, image: Path) -> Path:
+def object_masks_of(sources: list, object_masks: Path | None, u2net=None, threshold: float = 0.1) -> list:
+    """(H, W) bool object mask per source: a file named like the image in ``object_masks``, else U-2-Net's
+    saliency above 0.5 (``u2net``: a loaded model), else :func:`threshold_object_mask`."""
+    from PIL import Image
+
+    masks = []
+    for s in sources:
+        if object_masks is not None:
+            path = _region_file(Path(object_masks), Path(s.name), "--object-masks")
+            with Image.open(path) as im:
+                masks.append(check_region(np.asarray(im.convert("L")), s.image.shape, str(path), allow_empty=True))
+        elif u2net is not None:
+            from ..masks.u2net import saliency
+
+            x = torch.from_numpy(s.image.astype(np.float32) / 255).permute(2, 0, 1)[None]
+            masks.append(saliency(u2net, x)[0, 0].numpy() > 0.5)
+        else:
+            masks.append(threshold_object_mask(s.image, threshold))
+    return masks
+
+
+def with_auto_regions(sources: list, object_masks: list, sizes: np.ndarray, variations: int, seed: int) -> list:
+    """One source per (image, variation), each with its own ``auto`` region drawn from ``seed`` + index
+    (index = image * variations + variation, the pair's index)."""
+    out = []
+    for n, (s, obj) in enumerate(zip(sources, object_masks)):
+        for v in range(variations):
+            i = n * variations + v
+            region = auto_region(obj, sizes, np.random.default_rng(seed + i), s.name)
+            ys, xs = np.nonzero(region)
+            out.append(PlacementSource(s.name, s.image, region, f"auto {xs.min()},{ys.min()},"
+                                       f"{xs.max() - xs.min() + 1},{ys.max() - ys.min() + 1}"))
+    return out
+
+
+def _region_file(regions: Path, image: Path, flag: str) -> Path:
     for name in (image.name, f"{image.stem}.png", f"{image.stem}_mask.png"):
         if (regions / name).is_file():
             return regions / name
-    raise DualAnoDiffError(f"no region for {image.name} in --regions {regions} (looked for {image.stem}.png and "
-                           f"{image.stem}_mask.png; white = where the defect may go)")
+    raise DualAnoDiffError(f"no mask for {image.name} in {flag} {regions} (looked for {image.stem}.png and "
+                           f"{image.stem}_mask.png; white = where the defect may go)" if flag == "--regions" else
+                           f"no mask for {image.name} in {flag} {regions} (looked for {image.stem}.png and "
+                           f"{image.stem}_mask.png; white = the object)")
 
 
 def placed_pair(pair: dict, source: PlacementSource, variation: int) -> dict:
@@ -163,3 +269,26 @@ def placed_pair(pair: dict, source: PlacementSource, variation: int) -> dict:
     extra = {"source": source.name, "region": source.region_from, "variation": variation}
     return {"image": paste_back(generated, source.image, source.region), "fg": fg, "mask": mask,
             "empty": bool(pair["empty"] or not mask.any()), "extra": extra}
+
+
+def run_sources(args) -> list:
+    """One PlacementSource per pair (pair i: image i // variations), regions checked or drawn (auto)."""
+    sources = placement_sources(args.on_images, args.regions, args.box)
+    if args.region != "auto":
+        return [s for s in sources for _ in range(args.variations)]
+    sizes = defect_sizes(args.training_masks)
+    u2net = None
+    if args.u2net and not args.object_masks:
+        from ..masks.u2net import load_u2net
+
+        u2net = load_u2net(args.u2net)
+    objects = object_masks_of(sources, args.object_masks, u2net)
+    return with_auto_regions(sources, objects, sizes, args.variations, args.seed)
+
+
+def regions_setting(args) -> str:
+    """How ``generate``'s regions were given, for the dataset's recorded settings."""
+    if args.region == "auto":
+        return "auto" + (f" objects {Path(args.object_masks).name}" if args.object_masks else
+                         " u2net" if args.u2net else " threshold")
+    return f"box {args.box}" if args.box is not None else str(args.regions)

@@ -64,16 +64,18 @@ def _noise(shape, generators, device, dtype, rows_per_generator: int):
     return torch.cat(per).to(device, dtype)
 
 
-def _hold_global_rows(latents, keep, scheduler, next_t, generators):
-    """Global rows held to the kept latents where ``keep``'s mask is 1, at the noise level of ``next_t``
-    (the clean latents after the last step)."""
+def _hold_rows(latents, rows: int, keep, scheduler, next_t, generators):
+    """The branch's rows (0 global, 1 anomaly) held to the kept latents where ``keep``'s mask is 1, at
+    the noise level of ``next_t`` (the clean latents after the last step)."""
     clean, mask = (k.to(latents.device, latents.dtype) for k in keep)
+    n = latents.shape[0] // 2
+    clean = clean.expand(n, *clean.shape[1:])
     target = clean
     if next_t is not None:
         eps = _noise(clean.shape, generators, latents.device, latents.dtype, 1)
-        target = scheduler.add_noise(clean, eps, next_t.reshape(1).repeat(clean.shape[0]))
+        target = scheduler.add_noise(clean, eps, next_t.reshape(1).repeat(n))
     held = latents.clone()
-    held[0::2] = mask * target + (1 - mask) * latents[0::2]
+    held[rows::2] = mask * target + (1 - mask) * latents[rows::2]
     return held
 
 
@@ -92,6 +94,7 @@ def sample_pairs(
     noise_schedule=None,
     progress=None,
     keep: tuple | None = None,
+    keep_anomaly: tuple | None = None,
 ) -> torch.Tensor:
     """Sample ``len(generators)`` pairs; returns interleaved scaled latents ``(2N, 4, h, w)``.
 
@@ -103,6 +106,8 @@ def sample_pairs(
     1 where the global rows are held to them (``generation.placement.keep_mask``): after every step
     the global rows there are replaced by those latents noised to the step's level (fresh noise from
     each pair's generator), and after the last step by the clean latents themselves.
+    keep_anomaly: the same for the anomaly rows (latents ``(N or 1, 4, h, w)``), e.g. its empty canvas
+    outside the region, so that the anomaly branch draws its defect inside it.
     """
     param = next(dual.parameters())
     device, dtype = param.device, param.dtype
@@ -135,9 +140,10 @@ def sample_pairs(
             out_uncond, out_cond = out.chunk(2)
             out = out_uncond + guidance * (out_cond - out_uncond)
         latents = scheduler.step(out, t, latents, **step_kwargs).prev_sample
-        if keep is not None:
-            latents = _hold_global_rows(latents, keep, scheduler, timesteps[i + 1] if i + 1 < len(timesteps) else None,
-                                        generators)
+        next_t = timesteps[i + 1] if i + 1 < len(timesteps) else None
+        for rows, held in ((0, keep), (1, keep_anomaly)):
+            if held is not None:
+                latents = _hold_rows(latents, rows, held, scheduler, next_t, generators)
         if progress is not None:
             progress()
     return latents
