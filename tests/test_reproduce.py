@@ -158,6 +158,7 @@ def test_reproduce_end_to_end_on_a_tiny_model_then_resumes_without_redoing(mvtec
     rows = [line for line in table.splitlines() if line.startswith("| bottle |") or line.startswith("| **mean** |")]
     assert len(rows) == 4, table  # ours vs paper, and the sets' table: one category row and the mean in each
     assert "/ 99.1 |" in table and "/ 84.5 |" in table, "the paper's means beside ours"
+    assert "generation options: --batch-size 2 --mask-threshold 0.02 (by --generate-args, over the above)" in table
     ap = summary["sets"]["DualAnoDiff"]["mean"]["pixel_ap"]
     assert f"| bottle | {100 * summary['sets']['DualAnoDiff']['mean']['pixel_auroc']:.1f} / — | {100 * ap:.1f} / — |" in table
     logs = {p.name: p.read_text() for p in (out / "logs").glob("*.log")}

@@ -91,7 +91,19 @@ def protocol_choices(cfg: ReproduceConfig) -> dict:
             "generation": f"{cfg.pairs} pairs per defect type, PNDM {cfg.sample_steps} steps, guidance {cfg.guidance:g}, "
             f"masks {cfg.mask_method}",
             "checkpoint selection": "on the test set (optimistic, as the paper)" if cfg.select_on_test
-            else "on a validation split of the training data"}
+            else "on a validation split of the training data",
+            **_passed_through(cfg)}
+
+
+def _passed_through(cfg: ReproduceConfig) -> dict:
+    """Options given with --train-args/--generate-args/--evaluate-args (they override the choices above)."""
+    out = {}
+    for stage, flag, argv in (("training", "--train-args", cfg.train_args), ("generation", "--generate-args",
+                              cfg.generate_args), ("evaluation", "--evaluate-args", cfg.evaluate_args)):
+        given = [a for a in argv if a != "--cpu"]
+        if given:
+            out[f"{stage} options"] = f"{shlex.join(given)} (by {flag}, over the above)"
+    return out
 
 
 def print_plan(stages: list, cfg: ReproduceConfig, seconds, out=None) -> float:
