@@ -3,7 +3,6 @@
 ``--on-images`` image itself."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..errors import DualAnoDiffError
@@ -36,23 +35,3 @@ def encode_backgrounds(vae, images: torch.Tensor, obj: torch.Tensor) -> torch.Te
     background = images * (1 - obj.to(images.dtype))  # object black, soft edge
     with torch.no_grad():
         return vae_encode(vae, background * 2 - 1, scaled=False).float().cpu()
-
-
-def own_object_masks(args, sources: list, size: int) -> dict:
-    """Placement with a BCM checkpoint: each --on-images image is its own background; its object mask
-    (--object-masks, else U-2-Net, else the border-colour threshold) at ``size``, per image name."""
-    from . import placement
-
-    u2net = None
-    if args.u2net and not args.object_masks:
-        from ..masks.u2net import load_u2net
-
-        u2net = load_u2net(args.u2net)
-    unique = list({s.name: s for s in sources}.values())
-    masks = placement.object_masks_of(unique, args.object_masks, u2net)
-    out = {}
-    for s, m in zip(unique, masks):
-        t = torch.from_numpy(m.astype(np.float32))[None, None]
-        out[s.name] = (torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
-                       >= 0.5).float()[0]
-    return out

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .. import checks
-from .backgrounds import background_latents, encode_backgrounds, own_object_masks
+from .backgrounds import background_latents, encode_backgrounds
 from .dataset_layout import check_names, mvtec_paths, pair_paths
 from .placement import regions_setting, run_sources
 from ..runtime.dtypes import torch_dtype
@@ -266,7 +266,7 @@ def prepare(args) -> GenerateRun:
     settings = run_settings(args, guidance, bcm)
     checks.same_settings(recorded_settings(done), settings, root,
                          "continue it with the same settings, or choose another --output-dir, --object or --defect")
-    sources = run_sources(args) if args.on_images is not None else None
+    sources = run_sources(args, bcm) if args.on_images is not None else None
     total = len(sources) if sources else args.num_pairs
     return GenerateRun(args, ckpt, root, guidance, settings, done, total=total, bcm=bcm, sources=sources)
 
@@ -285,7 +285,7 @@ class Sampler:
     zero: torch.Tensor | None
     u2net: object
     sam: object
-    own_objects: dict | None = None  # placement with BCM: object mask per --on-images image
+    canvas: torch.Tensor | None = None  # placement: latent of the anomaly branch's empty mid-grey canvas
 
 
 def load(run: GenerateRun, device, dtype) -> Sampler:
@@ -310,16 +310,17 @@ def load(run: GenerateRun, device, dtype) -> Sampler:
     prompts = ckpt.prompts
     with torch.no_grad():
         emb = encode_prompts(base.tokenizer, te, [prompts["global"], prompts["anomaly"], prompts["negative"]])
-    backgrounds = zero = own_objects = None
+    backgrounds = zero = canvas = None
     if args.backgrounds:
         backgrounds = background_latents(args, vae, args.resolution)
-    elif run.bcm:
-        own_objects = own_object_masks(args, run.sources, args.resolution)
-    if run.bcm:
-        with torch.no_grad():
-            zero = vae_encode(vae, torch.zeros(1, 3, args.resolution, args.resolution), scaled=False).float().cpu()
+    blank = torch.zeros(1, 3, args.resolution, args.resolution)  # mid grey: 0 in [-1, 1]
+    with torch.no_grad():
+        if run.bcm:
+            zero = vae_encode(vae, blank, scaled=False).float().cpu()
+        if run.sources and args.anomaly_outside == "canvas":
+            canvas = vae_encode(vae, blank).float()
     return Sampler(dual, vae, base.scheduler_config, emb[:2], emb[2:].expand(2, -1, -1),
-                   DDPMScheduler.from_config(base.scheduler_config), backgrounds, zero, u2net, sam, own_objects)
+                   DDPMScheduler.from_config(base.scheduler_config), backgrounds, zero, u2net, sam, canvas)
 
 
 def sample(run: GenerateRun, sampler: Sampler, batch: list) -> list:
@@ -343,12 +344,11 @@ def sample(run: GenerateRun, sampler: Sampler, batch: list) -> list:
             clean = vae_encode(sampler.vae, images_in * 2 - 1).float()
         regions = torch.stack([s.region_at_resolution(args.resolution) for s in sources])
         keep = (clean, keep_mask(regions, latent, margin=0))  # every cell the region touches is generated
-        if args.anomaly_outside == "canvas":  # the anomaly branch's empty canvas: mid grey, 0 in [-1, 1]
-            with torch.no_grad():
-                canvas = vae_encode(sampler.vae, torch.zeros(1, 3, args.resolution, args.resolution)).float()
-            keep_anomaly = (canvas, inner_keep_mask(regions, latent))
-        if sampler.own_objects is not None:  # BCM: the image is its own background
-            bg = encode_backgrounds(sampler.vae, images_in, torch.stack([sampler.own_objects[s.name] for s in sources]))
+        if sampler.canvas is not None:
+            keep_anomaly = (sampler.canvas, inner_keep_mask(regions, latent))
+        if run.bcm and not args.backgrounds:  # BCM: the image is its own background
+            bg = encode_backgrounds(sampler.vae, images_in, torch.stack([s.object_at_resolution(args.resolution)
+                                                                         for s in sources]))
     latents = sample_pairs(sampler.dual, make_scheduler(args.scheduler, sampler.scheduler_config), sampler.cond,
                            sampler.uncond, gens, latent, steps=args.steps, guidance=run.guidance, backgrounds=bg,
                            zero_background=sampler.zero, noise_schedule=sampler.noise_schedule, keep=keep,

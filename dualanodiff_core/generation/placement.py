@@ -14,7 +14,7 @@ training defect's size at a random place on the object, cut to the object.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +96,12 @@ class PlacementSource:
     image: np.ndarray   # uint8 (H, W, 3), original size
     region: np.ndarray  # bool (H, W)
     region_from: str    # the region file's name, or "box x,y,w,h"
+    object_mask: np.ndarray | None = None  # bool (H, W), where --region auto or BCM needs the object
+
+    def object_at_resolution(self, size: int) -> torch.Tensor:
+        """(1, size, size) float 0/1: the object mask resized for the model (bilinear, kept at >= 0.5)."""
+        t = torch.from_numpy(self.object_mask.astype(np.float32))[None, None]
+        return (F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False) >= 0.5).float()[0]
 
     def at_resolution(self, size: int) -> torch.Tensor:
         """(3, size, size) float in [0, 1], the image resized for the model."""
@@ -231,17 +237,17 @@ def object_masks_of(sources: list, object_masks: Path | None, u2net=None, thresh
     return masks
 
 
-def with_auto_regions(sources: list, object_masks: list, sizes: np.ndarray, variations: int, seed: int) -> list:
-    """One source per (image, variation), each with its own ``auto`` region drawn from ``seed`` + index
-    (index = image * variations + variation, the pair's index)."""
+def with_auto_regions(sources: list, sizes: np.ndarray, variations: int, seed: int) -> list:
+    """One source per (image, variation), each with its own ``auto`` region on its object drawn from
+    ``seed`` + index (index = image * variations + variation, the pair's index)."""
     out = []
-    for n, (s, obj) in enumerate(zip(sources, object_masks)):
+    for n, s in enumerate(sources):
         for v in range(variations):
             i = n * variations + v
-            region = auto_region(obj, sizes, np.random.default_rng(seed + i), s.name)
+            region = auto_region(s.object_mask, sizes, np.random.default_rng(seed + i), s.name)
             ys, xs = np.nonzero(region)
-            out.append(PlacementSource(s.name, s.image, region, f"auto {xs.min()},{ys.min()},"
-                                       f"{xs.max() - xs.min() + 1},{ys.max() - ys.min() + 1}"))
+            out.append(replace(s, region=region, region_from=f"auto {xs.min()},{ys.min()},"
+                               f"{xs.max() - xs.min() + 1},{ys.max() - ys.min() + 1}"))
     return out
 
 
@@ -271,19 +277,21 @@ def placed_pair(pair: dict, source: PlacementSource, variation: int) -> dict:
             "empty": bool(pair["empty"] or not mask.any()), "extra": extra}
 
 
-def run_sources(args) -> list:
-    """One PlacementSource per pair (pair i: image i // variations), regions checked or drawn (auto)."""
+def run_sources(args, bcm: bool) -> list:
+    """One PlacementSource per pair (pair i: image i // variations), regions checked or drawn (auto); each
+    image's object mask found once where ``--region auto`` or a BCM checkpoint (``bcm``) needs it."""
     sources = placement_sources(args.on_images, args.regions, args.box)
+    if args.region == "auto" or bcm:
+        u2net = None
+        if args.u2net and not args.object_masks:
+            from ..masks.u2net import load_u2net
+
+            u2net = load_u2net(args.u2net)
+        objects = object_masks_of(sources, args.object_masks, u2net)
+        sources = [replace(s, object_mask=m) for s, m in zip(sources, objects)]
     if args.region != "auto":
         return [s for s in sources for _ in range(args.variations)]
-    sizes = defect_sizes(args.training_masks)
-    u2net = None
-    if args.u2net and not args.object_masks:
-        from ..masks.u2net import load_u2net
-
-        u2net = load_u2net(args.u2net)
-    objects = object_masks_of(sources, args.object_masks, u2net)
-    return with_auto_regions(sources, objects, sizes, args.variations, args.seed)
+    return with_auto_regions(sources, defect_sizes(args.training_masks), args.variations, args.seed)
 
 
 def regions_setting(args) -> str:
