@@ -93,7 +93,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "needs a BCM checkpoint and --u2net or --object-masks")
     p.add_argument("--u2net", type=Path, help="u2net.pth/u2netp.pth to cut the object out of the backgrounds")
     p.add_argument("--object-masks", type=Path, help="object masks named like the images: of --backgrounds (BCM), "
-                   "or of --on-images for --region auto")
+                   "or of --on-images (for --region auto, and as each image's own background with a BCM checkpoint)")
     p.add_argument("--mask-method", choices=METHODS, default="threshold",
                    help="how masks are cut out of the anomaly image: " + "; ".join(
                        f"{m.name}: {m.summary}" + (f" (needs {', '.join('--' + n for n in m.needs)})" if m.needs else "")
