@@ -7,7 +7,7 @@ region R, placed global image P, anomaly image A, mask M, defect colour D(x) = `
 
 - ``change_outside_region``: max |P - I| over all pixels outside R, in 0..255 (the target is 0);
 - ``anomaly_defect_in_region``: share of the anomaly images' defect-colour pixels D(A), pooled, that lie
-  in R: where the anomaly branch (which is not held) draws the defect;
+  in R: where the anomaly branch draws the defect (held to its canvas outside R, or free);
 - ``mask_in_region_kept``: share of the mask cut out of A that survives the cut to R, pooled;
 - ``alignment_iou_in_region``: mean IoU(M, D(P) within R) over pairs where either is non-empty (the
   plain demo's ``alignment_iou`` restricted to the region);

@@ -255,10 +255,9 @@ def _region_file(regions: Path, image: Path, flag: str) -> Path:
     for name in (image.name, f"{image.stem}.png", f"{image.stem}_mask.png"):
         if (regions / name).is_file():
             return regions / name
+    white = "where the defect may go" if flag == "--regions" else "the object"
     raise DualAnoDiffError(f"no mask for {image.name} in {flag} {regions} (looked for {image.stem}.png and "
-                           f"{image.stem}_mask.png; white = where the defect may go)" if flag == "--regions" else
-                           f"no mask for {image.name} in {flag} {regions} (looked for {image.stem}.png and "
-                           f"{image.stem}_mask.png; white = the object)")
+                           f"{image.stem}_mask.png; white = {white})")
 
 
 def placed_pair(pair: dict, source: PlacementSource, variation: int) -> dict:
