@@ -116,17 +116,22 @@ def measure(args, n, device, dtype, comfy_nodes, sampling, comfy_model, dual_com
         return lambda: sampling.paired_ksample(model, 0, args.steps, 2.5, "euler", "normal", positive_global, pos_a, neg,
                                                latent, background=background if bcm else None)
 
-    from dualanodiff_core.generation.placement import keep_mask
+    from dualanodiff_core.generation.placement import inner_keep_mask, keep_mask
     from dualanodiff_core.runtime.sampling import make_scheduler, sample_pairs
 
-    keep = (image_latent.to(device), keep_mask(region[:, None] > 0, (lat, lat)).to(device))
+    # as `generate --on-images` ships (--anomaly-outside canvas): the global rows held outside every cell
+    # the region touches, the anomaly rows held to their canvas outside the cells wholly inside it
+    regions = region[:, None] > 0
+    keep = (image_latent.to(device), keep_mask(regions, (lat, lat), margin=0).to(device))
+    canvas = torch.randn(1, 4, lat, lat, generator=gen).to(device)  # stands in for the mid-grey canvas latent
+    keep_anomaly = (canvas, inner_keep_mask(regions, (lat, lat)).to(device))
 
     def core_sample(placed):
         def run():
             gens = [torch.Generator().manual_seed(i) for i in range(n)]
             sample_pairs(duals[False], make_scheduler("euler", scheduler_config), ctx[:2].to(device),
                          ctx[2:].expand(2, -1, -1).to(device), gens, (lat, lat), steps=args.steps, guidance=2.5,
-                         keep=keep if placed else None)
+                         keep=keep if placed else None, keep_anomaly=keep_anomaly if placed else None)
             if device.type == "cuda":
                 torch.cuda.synchronize()
         return run

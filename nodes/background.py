@@ -1,54 +1,69 @@
-"""BCM (background compensation): the BACKGROUND value and the reference pass before every UNet call.
+"""BCM (background compensation): the BACKGROUND value and the background rows of every UNet call.
 
 BACKGROUND is a dict: ``samples`` (M, 4, h, w) VAE latents of the background image(s) WITHOUT the
 0.18215 scale (exactly what ComfyUI's ``VAE.encode`` returns; they are not process_latent_in'ed),
 ``zero`` (1, 4, h, w) the latent of an all-zero image in the VAE's [-1, 1] input range (mid-grey
 pixels), used for the negative prompt as in the reference, and ``image`` the background pixels.
 
-The reference pass runs the UNet on ``bg + sigma * eps`` (k-diffusion space: ComfyUI's apply_model
-divides by sqrt(sigma^2 + 1) itself, which gives the DDPM-noised latent the reference feeds), with
-each pair's global-row conditioning, the global LoRA on all rows and no SAIM, and records attn1's
-normed inputs; then the main pass fuses them. ``eps`` is fresh at every call (as in the reference)
-yet reproducible: drawn from a generator seeded by the sampler seed and the call's sigma.
+Every UNet call runs each pair with a third row, its background ``bg + sigma * eps`` (k-diffusion
+space: ComfyUI's apply_model divides by sqrt(sigma^2 + 1) itself, which gives the DDPM-noised latent
+the reference feeds), with the pair's global-row conditioning, no ControlNet, the global LoRA and no
+SAIM: the method's reference pass, run in lockstep with the pair in one batch (one UNet call is
+cheaper than two smaller ones), whose attn1 inputs the global row fuses (see branch_math). Rows stay
+grouped by chunk, so another pack that reads ``cond_or_uncond`` sees whole chunks. ``eps`` is fresh at
+every call (as in the reference) yet reproducible: drawn from a generator seeded by the sampler seed
+and the call's sigma.
 """
 from __future__ import annotations
 
 import torch
 
 from ..dualanodiff_core.errors import DualAnoDiffError
-from ..dualanodiff_core.model.passes import PassContext
+from ..dualanodiff_core.model.pairing import with_background_rows, without_background_rows
+from ..dualanodiff_core.model.passes import BACKGROUND_PASS
 from .comfy_patches import PASS_KEY, find_patch_set
 
 NEGATIVE = 1  # ComfyUI's cond_or_uncond value of the negative (uncond) chunk
 
 
-def with_pass(transformer_options: dict, state: PassContext) -> dict:
-    return {**transformer_options, PASS_KEY: state}
+def run_with_background(unet_call, x, timestep, c: dict, background_x):
+    """One UNet call on BCM triples: the pairs of ``x`` each with its row of ``background_x``; returns
+    the output of the pair rows.
 
-
-def reference_then_main(unet_call, x, timestep, c: dict, reference_x, reference_c: dict):
-    """Run the BCM reference pass (output discarded), then the main pass that reads its tokens.
-
-    ``unet_call(x, timestep, **c)`` is ComfyUI's apply_model (or the bare UNet in tests);
-    ``reference_x``/``reference_c`` hold one row per pair (each pair's global row).
+    ``unet_call(x, timestep, **c)`` is ComfyUI's apply_model (or the bare UNet in tests).
     """
-    state = PassContext(reference=True)
-    options = c.get("transformer_options", {})
-    unet_call(reference_x, timestep[0::2], **{**reference_c, "transformer_options": with_pass(options, state)})
-    main = PassContext(reference=False, background_tokens=state.background_tokens)
-    return unet_call(x, timestep, **{**c, "transformer_options": with_pass(options, main)})
+    rows = x.shape[0]
+    triples = background_conditioning(c, rows)
+    options = dict(c.get("transformer_options", {}))
+    sigmas = options.get("sigmas")
+    if torch.is_tensor(sigmas) and sigmas.ndim == 1 and sigmas.shape[0] == rows:
+        options["sigmas"] = with_background_rows(sigmas)
+    triples["transformer_options"] = {**options, PASS_KEY: BACKGROUND_PASS}
+    if torch.is_tensor(timestep) and timestep.ndim == 1 and timestep.shape[0] == rows:
+        timestep = with_background_rows(timestep)
+    out = unet_call(with_background_rows(x, background_x.to(x)), timestep, **triples)
+    return without_background_rows(out)
 
 
-def reference_conditioning(c: dict, batch: int) -> dict:
-    """The conditioning of the reference pass: every per-row tensor keeps its global rows; no ControlNet."""
+def background_conditioning(c: dict, rows: int) -> dict:
+    """The conditioning of the triples: every per-row tensor gives the background row its global
+    row's value; ControlNet outputs give it nothing (as the method's reference pass)."""
     out = {}
     for key, value in c.items():
-        if key in ("control", "transformer_options"):
+        if key == "transformer_options":
             continue
-        if torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == batch:
-            value = value[0::2]
+        if key == "control" and isinstance(value, dict):
+            value = {name: [_without_control(t, rows) for t in tensors] for name, tensors in value.items()}
+        elif torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == rows:
+            value = with_background_rows(value)
         out[key] = value
     return out
+
+
+def _without_control(t, rows: int):
+    if not torch.is_tensor(t) or t.shape[0] != rows:
+        return t
+    return with_background_rows(t, torch.zeros_like(t[0::2]))
 
 
 def _noise(seed: int, sigma: torch.Tensor, shape, like: torch.Tensor) -> torch.Tensor:
@@ -69,7 +84,7 @@ def _per_pair(latents: torch.Tensor, n_pairs: int) -> torch.Tensor:
 
 
 class BackgroundWrapper:
-    """``model_function_wrapper`` that runs the BCM reference pass before every UNet call."""
+    """``model_function_wrapper`` that gives every UNet call its BCM background rows."""
 
     def __init__(self, background: dict, seed: int, previous=None):
         self.background = background
@@ -98,15 +113,14 @@ class BackgroundWrapper:
         rows = [_per_pair(self.background["zero"] if chunk == NEGATIVE else latents, n_pairs) for chunk in chunks]
         bg = torch.cat(rows).to(device=x.device, dtype=x.dtype)
         sigma = timestep[0::2].to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
-        reference_x = bg + sigma * _noise(self.seed, timestep, bg.shape, x)
-        reference_c = reference_conditioning(c, x.shape[0])
+        background_x = bg + sigma * _noise(self.seed, timestep, bg.shape, x)
 
         def run(call, a):
-            return reference_then_main(call, a["input"], a["timestep"], a["c"], reference_x, reference_c)
+            return run_with_background(call, a["input"], a["timestep"], a["c"], background_x)
 
         if self.previous is None:
             return run(apply_model, args)
-        # another node's wrapper stays in charge of the main call; the reference pass runs inside it
+        # another node's wrapper stays in charge and sees the pairs; the background rows join inside it
         return self.previous(lambda inp, t, **kw: run(apply_model, {"input": inp, "timestep": t, "c": kw}), args)
 
 

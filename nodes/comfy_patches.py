@@ -7,14 +7,13 @@ On a ``clone()`` of the model, for every attention (attn1 and attn2 of every tra
    module's parameters, so ComfyUI's weight patching (a stock LoraLoader before or after) and its
    low-VRAM casting still act on them, and the attention itself stays free: another pack's attention
    replace patch (IPAdapter, PerturbedAttentionGuidance, ...) receives q/k/v with the branch LoRA in.
-2. pre-patch: checks the batch is made of pairs, tells the projections which pass runs (in BCM's
-   reference pass every row takes the global branch's LoRA), and for attn1 with BCM makes the global
-   rows' key/value input the background-fused one (in the reference pass it records the normed input).
-3. output patch: SAIM on the attention output (after ``to_out``).
+2. pre-patch: checks the batch is made of pairs, tells the projections the row layout (pairs, or
+   with a BCM background triples whose background row takes the global branch's LoRA), and for attn1
+   with BCM makes the global rows' key/value input the background-fused one.
+3. output patch: SAIM on the attention output (after ``to_out``) of the pair rows.
 
-The pass mode (main or BCM reference) and the background tokens travel in
-``transformer_options[PASS_KEY]`` (see background.py). The math is ``dualanodiff_core.model.branch_math``
-through the ``DualAttentionLayers`` modules.
+The row layout travels in ``transformer_options[PASS_KEY]`` (set by background.py). The math is
+``dualanodiff_core.model.branch_math`` through the ``DualAttentionLayers`` modules.
 """
 from __future__ import annotations
 
@@ -22,6 +21,8 @@ import torch
 
 from ..dualanodiff_core.model.attention_step import after_attention, key_value_input, lora_delta
 from ..dualanodiff_core.errors import DualAnoDiffError
+from ..dualanodiff_core.model.branch_math import PAIR
+from ..dualanodiff_core.model.passes import PLAIN_PASS
 from ..dualanodiff_core.model.strengths import Strengths
 from .attention_sites import attention_sites, block_key
 from .branch_projections import LORA_PROJECTIONS, with_branch_lora
@@ -35,7 +36,7 @@ class DualPatchSet:
     def __init__(self, bank, strengths: Strengths):
         self.bank = bank
         self.strengths = strengths
-        self.reference = False  # set by the pre-patch of every attention call, read by its projections
+        self.group = PAIR  # rows per pair, set by the pre-patch of every attention call, read by its projections
 
     def __deepcopy__(self, memo):
         return self
@@ -44,7 +45,7 @@ class DualPatchSet:
         layers = self.bank.get(block, attention, x)
         if layers is None:
             return None
-        return lora_delta(layers, target, x, self.strengths, self.reference)
+        return lora_delta(layers, target, x, self.strengths, self.group)
 
 
 class _Patch:
@@ -58,8 +59,10 @@ class _Patch:
         return self
 
 
-def _check_rows(rows: int) -> None:
-    if rows % 2:
+def _check_rows(rows: int, group: int = PAIR) -> None:
+    if rows % group:
+        if group != PAIR:
+            raise DualAnoDiffError(f"DualAnoDiff BCM: {rows} rows are not whole (global, anomaly, background) triples")
         raise DualAnoDiffError(
             f"DualAnoDiff: the latent batch has {rows} rows, but a DualAnoDiff model needs interleaved "
             "(global, anomaly) pairs, i.e. an even batch. Use the DualAnoDiff Paired KSampler, or feed the "
@@ -68,26 +71,23 @@ def _check_rows(rows: int) -> None:
         )
 
 
-def _check_pairs(n: torch.Tensor, extra_options: dict) -> None:
-    """Every chunk of the forward ([cond | uncond], any order) must be whole interleaved pairs."""
+def _check_pairs(n: torch.Tensor, extra_options: dict, group: int) -> None:
+    """Every chunk of the forward ([cond | uncond], any order) must be whole interleaved pairs (triples)."""
     chunks = len(extra_options.get("cond_or_uncond") or [0])
-    _check_rows(n.shape[0] // chunks if n.shape[0] % chunks == 0 else n.shape[0])
+    _check_rows(n.shape[0] // chunks if n.shape[0] % chunks == 0 else n.shape[0], group)
 
 
 class PrePatch(_Patch):
     def __call__(self, n, context, value, extra_options):
-        state = extra_options.get(PASS_KEY)
-        reference = bool(state is not None and state.reference)
-        self.patch_set.reference = reference
-        if not reference:  # the BCM reference pass has one row per pair
-            _check_pairs(n, extra_options)
-        if self.attention != "attn1" or state is None:
+        state = extra_options.get(PASS_KEY) or PLAIN_PASS
+        self.patch_set.group = state.group
+        _check_pairs(n, extra_options, state.group)
+        if self.attention != "attn1" or not state.background:
             return n, context, value
-        block = block_key(extra_options)
-        layers = self.patch_set.bank.get(block, self.attention, n)
+        layers = self.patch_set.bank.get(block_key(extra_options), self.attention, n)
         if layers is None:
             return n, context, value
-        fused = key_value_input(layers, n, context, state, block)
+        fused = key_value_input(layers, n, context, state)
         if fused is not context:
             context = value = fused
         return n, context, value
@@ -97,7 +97,7 @@ class OutputPatch(_Patch):
     def __call__(self, n, extra_options):
         ps = self.patch_set
         layers = ps.bank.get(block_key(extra_options), self.attention, n)
-        return n if layers is None else after_attention(layers, n, ps.strengths, ps.reference)
+        return n if layers is None else after_attention(layers, n, ps.strengths, ps.group)
 
 
 def find_patch_set(model_patcher):

@@ -113,7 +113,7 @@ class DualAnoDiffSplitLatents:
 
 class DualAnoDiffApplyBackground:
     CATEGORY = CATEGORY
-    DESCRIPTION = "BCM for stock samplers: makes the DualAnoDiff MODEL run the background reference pass before every UNet call."
+    DESCRIPTION = "BCM for stock samplers: makes the DualAnoDiff MODEL run every UNet call with the background rows (BCM's reference pass) beside the pairs."
     RETURN_TYPES = ("MODEL",)
     OUTPUT_TOOLTIPS = ("The MODEL with the background attached.",)
     FUNCTION = "apply"

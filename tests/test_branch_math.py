@@ -4,6 +4,7 @@ import torch
 
 from dualanodiff_core.model import branch_math
 from dualanodiff_core.model.layers import BCMFusion, SAIM
+from dualanodiff_core.model.pairing import with_background_rows, without_background_rows
 from spec_reference import bcm_rows, lora_rows, saim_pairs, saim_params_from_module
 
 PAIR_COUNTS = [1, 2, 3, 5]
@@ -37,6 +38,33 @@ def test_saim_matches_two_token_softmax_attention(n_pairs, strength):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("n_pairs", [1, 3])
+def test_triples_give_background_rows_the_global_branch_and_pairs_what_they_had(n_pairs):
+    """BCM triples [g, a, r]: the pair rows get exactly the pair math, the background row the global
+    LoRA (at the global strength) and no SAIM."""
+    from dualanodiff_core.model.attention_step import after_attention, lora_delta
+    from dualanodiff_core.model.layers import DualAttentionLayers
+    from dualanodiff_core.model.strengths import Strengths
+
+    layers = DualAttentionLayers(16, 16, 16, rank=4, saim=True)
+    for p in layers.parameters():
+        p.data.normal_(0, 0.3)
+    strengths = Strengths(global_lora=0.7, anomaly_lora=1.3)
+    h, h_ref = torch.randn(2 * n_pairs, 5, 16), torch.randn(n_pairs, 5, 16)
+    triples = with_background_rows(h, h_ref)
+    with torch.no_grad():
+        got = lora_delta(layers, "q", triples, strengths, group=3)
+        torch.testing.assert_close(without_background_rows(got), lora_delta(layers, "q", h, strengths),
+                                   atol=1e-5, rtol=1e-5)
+        lora = layers.lora("q")
+        global_only = (h_ref @ lora.down[0].T @ lora.up[0].T) * 0.7
+        torch.testing.assert_close(got[2::3], global_only, atol=1e-5, rtol=1e-5)
+        out = after_attention(layers, triples, strengths, group=3)
+        torch.testing.assert_close(without_background_rows(out), after_attention(layers, h, strengths),
+                                   atol=1e-5, rtol=1e-5)
+        assert torch.equal(out[2::3], h_ref), "no SAIM on background rows"
+
+
 def test_saim_strength_zero_returns_input_exactly():
     o = torch.randn(4, 5, 16)
     assert SAIM(16)(o, 0.0) is o
@@ -49,18 +77,19 @@ def test_bcm_fusion_matches_spec(n_pairs):
         p.data.normal_(0, 0.3)
     h, h_ref = torch.randn(2 * n_pairs, 6, 16), torch.randn(n_pairs, 6, 16)
     with torch.no_grad():
-        got = bcm(h, h_ref)
+        got = bcm(with_background_rows(h, h_ref))
     expected = bcm_rows(h, h_ref, dict(
         mlp1_w=bcm.mlp_in.weight.detach(), mlp1_b=bcm.mlp_in.bias.detach(),
         mlp2_w=bcm.mlp_out.weight.detach(), mlp2_b=bcm.mlp_out.bias.detach(), gamma=bcm.gamma.detach()))
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    assert torch.equal(got[1::2], h[1::2]), "anomaly rows must not see the background"
+    torch.testing.assert_close(without_background_rows(got), expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got[1::3], h[1::2]), "anomaly rows must not see the background"
+    assert torch.equal(got[2::3], h_ref), "background rows keep their own input"
 
 
 def test_bcm_gamma_zero_keeps_input():
     bcm = BCMFusion(8)
-    h = torch.randn(2, 3, 8)
-    torch.testing.assert_close(bcm(h, torch.randn(1, 3, 8)), h)
+    h = torch.randn(3, 3, 8)
+    torch.testing.assert_close(bcm(h), h)
 
 
 def test_odd_batch_is_refused_with_a_clear_message():
@@ -68,9 +97,9 @@ def test_odd_batch_is_refused_with_a_clear_message():
         branch_math.branch_lora_delta(torch.randn(3, 2, 4), torch.randn(2, 1, 4), torch.randn(2, 4, 1), torch.ones(2))
 
 
-def test_bcm_shape_mismatch_is_reported():
-    with pytest.raises(ValueError, match="background tokens"):
-        BCMFusion(8)(torch.randn(4, 3, 8), torch.randn(1, 3, 8))
+def test_bcm_broken_triples_are_reported():
+    with pytest.raises(ValueError, match="triples, got 4 rows"):
+        BCMFusion(8)(torch.randn(4, 3, 8))
 
 
 @pytest.mark.parametrize("n_pairs", PAIR_COUNTS)

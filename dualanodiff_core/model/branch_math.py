@@ -3,6 +3,12 @@
 Pure tensor functions, shared by the diffusers attention processors and the ComfyUI patches.
 Row ``2n`` is the global branch of pair ``n``, row ``2n + 1`` its anomaly branch. Nothing here
 loops over pairs: pairs are a batch dimension after ``view(n_pairs, 2, ...)``.
+
+With a BCM background the rows come in triples ``[g0, a0, r0, g1, a1, r1, ...]``: ``r_n`` is pair
+``n``'s noised background, run through the same UNet call as the pair (the reference pass of
+reference-method.md section 4, done in lockstep: at every self-attention its normed input is there
+for the global row to fuse). Background rows take the global LoRA and no SAIM, and never read the
+pair's rows, so they compute exactly what a separate reference pass would.
 """
 from __future__ import annotations
 
@@ -14,13 +20,26 @@ import torch.nn.functional as F
 GLOBAL, ANOMALY = 0, 1
 
 
-def pair_view(x: torch.Tensor) -> torch.Tensor:
-    """``(2N, ...)`` -> ``(N, 2, ...)``; refuses an odd batch with a clear message."""
-    if x.shape[0] % 2:
-        raise ValueError(
-            f"DualAnoDiff needs an even batch of interleaved (global, anomaly) pairs, got {x.shape[0]} rows"
-        )
-    return x.reshape(x.shape[0] // 2, 2, *x.shape[1:])
+PAIR, TRIPLE = 2, 3  # rows per pair: (global, anomaly), or with a BCM background (global, anomaly, background)
+
+
+def pair_view(x: torch.Tensor, group: int = PAIR) -> torch.Tensor:
+    """``(group * N, ...)`` -> ``(N, group, ...)``; refuses a batch of broken pairs with a clear message."""
+    if x.shape[0] % group:
+        what = "an even batch of interleaved (global, anomaly) pairs" if group == PAIR else \
+            "a batch of interleaved (global, anomaly, background) triples"
+        raise ValueError(f"DualAnoDiff needs {what}, got {x.shape[0]} rows")
+    return x.reshape(x.shape[0] // group, group, *x.shape[1:])
+
+
+def on_pair_rows(fn, x: torch.Tensor, group: int) -> torch.Tensor:
+    """``fn`` (a function of interleaved pairs) applied to the pair rows of a batch of ``group``-row
+    groups; background rows pass through unchanged."""
+    if group == PAIR:
+        return fn(x)
+    rows = pair_view(x, group)
+    pairs = fn(rows[:, :PAIR].reshape(-1, *x.shape[1:]))
+    return torch.cat((pair_view(pairs), rows[:, PAIR:]), dim=1).reshape(x.shape)
 
 
 def branch_lora_delta(
@@ -28,19 +47,15 @@ def branch_lora_delta(
 ) -> torch.Tensor:
     """Per-branch LoRA delta ``up[b] @ down[b] @ x * scale[b]`` for each row's branch ``b``.
 
-    x: ``(2N, T, C_in)`` interleaved; down: ``(2, r, C_in)``; up: ``(2, C_out, r)``;
-    scale: ``(2,)`` strength per branch. Returns ``(2N, T, C_out)``.
+    x: ``(G*N, T, C_in)`` in groups of G rows; down: ``(G, r, C_in)``; up: ``(G, C_out, r)``;
+    scale: ``(G,)``: row ``i`` of every group takes ``down[i]``, ``up[i]``, ``scale[i]`` (G = 2 for
+    pairs; G = 3 for triples, whose background row takes the global branch's weights). Returns
+    ``(G*N, T, C_out)``.
     """
+    group = down.shape[0]
     # broadcasting matmul: one batched GEMM over contiguous (T, C) rows, no copy of x
-    hidden = torch.matmul(pair_view(x), down.transpose(1, 2)) * scale.view(1, 2, 1, 1)
+    hidden = torch.matmul(pair_view(x, group), down.transpose(1, 2)) * scale.view(1, group, 1, 1)
     return torch.matmul(hidden, up.transpose(1, 2)).reshape(x.shape[0], x.shape[1], up.shape[1])
-
-
-def single_branch_lora_delta(
-    x: torch.Tensor, down: torch.Tensor, up: torch.Tensor, scale: float
-) -> torch.Tensor:
-    """One branch's LoRA delta on every row (BCM's reference pass uses the global branch)."""
-    return F.linear(F.linear(x, down), up) * scale
 
 
 def saim(
@@ -109,24 +124,21 @@ def saim_inference(o, norm_weight, norm_bias, folded: tuple, out_weight, out_bia
 
 def bcm_fuse_kv_input(
     h: torch.Tensor,
-    h_ref: torch.Tensor,
     mlp_in_weight: torch.Tensor,
     mlp_in_bias: torch.Tensor,
     mlp_out_weight: torch.Tensor,
     mlp_out_bias: torch.Tensor,
     gamma: torch.Tensor,
 ) -> torch.Tensor:
-    """Background compensation: the global rows' self-attention key/value input becomes
-    ``(1 - gamma) * h + gamma * MLP(h_ref)``; anomaly rows keep ``h``.
+    """Background compensation on triples: the global rows' self-attention key/value input becomes
+    ``(1 - gamma) * h + gamma * MLP(h_ref)``, ``h_ref`` being the normed attn1 input of the triple's
+    background row; anomaly and background rows keep ``h``.
 
-    h: ``(2N, T, C)`` normed attn1 input; h_ref: ``(N, T, C)`` the reference pass's normed attn1
-    input for each pair's background. The MLP has no activation (two linears, as trained).
+    h: ``(3N, T, C)`` normed attn1 input of triples ``[g, a, r]``. The MLP has no activation (two
+    linears, as trained).
     """
-    pairs = pair_view(h)
-    if h_ref.shape != pairs[:, GLOBAL].shape:
-        raise ValueError(
-            f"BCM background tokens {tuple(h_ref.shape)} do not match the global rows {tuple(pairs[:, GLOBAL].shape)}"
-        )
-    bg = F.linear(F.linear(h_ref, mlp_in_weight, mlp_in_bias), mlp_out_weight, mlp_out_bias)
-    fused = torch.lerp(pairs[:, GLOBAL], bg, gamma.to(h.dtype))
-    return torch.stack((fused, pairs[:, ANOMALY]), dim=1).reshape(h.shape)
+    rows = pair_view(h, TRIPLE)
+    background = rows[:, TRIPLE - 1]
+    bg = F.linear(F.linear(background, mlp_in_weight, mlp_in_bias), mlp_out_weight, mlp_out_bias)
+    fused = torch.lerp(rows[:, GLOBAL], bg, gamma.to(h.dtype))
+    return torch.stack((fused, rows[:, ANOMALY], background), dim=1).reshape(h.shape)

@@ -30,10 +30,13 @@ class BranchLoRA(nn.Module):
         return self.down.shape[1]
 
     def delta(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        return branch_math.branch_lora_delta(x, self.down, self.up, scale)
-
-    def branch_delta(self, x: torch.Tensor, branch: int, scale: float) -> torch.Tensor:
-        return branch_math.single_branch_lora_delta(x, self.down[branch], self.up[branch], scale)
+        """Each row's branch delta; ``scale`` has one entry per row of a group (2 for pairs, 3 for
+        triples with a BCM background row, which takes the global branch)."""
+        down, up = self.down, self.up
+        if scale.shape[0] == branch_math.TRIPLE:
+            down = torch.cat((down, down[:1]))
+            up = torch.cat((up, up[:1]))
+        return branch_math.branch_lora_delta(x, down, up, scale)
 
 
 class SAIM(nn.Module):
@@ -89,9 +92,10 @@ class BCMFusion(nn.Module):
         self.mlp_out = nn.Linear(hidden, channels)
         self.gamma = nn.Parameter(torch.zeros(1))
 
-    def forward(self, h: torch.Tensor, h_ref: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """``h``: triples ``[g, a, r]`` (see branch_math)."""
         return branch_math.bcm_fuse_kv_input(
-            h, h_ref,
+            h,
             self.mlp_in.weight, self.mlp_in.bias, self.mlp_out.weight, self.mlp_out.bias,
             self.gamma,
         )

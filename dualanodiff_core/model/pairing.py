@@ -30,6 +30,21 @@ def deinterleave(pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return pairs[0::2], pairs[1::2]
 
 
+def with_background_rows(pairs: torch.Tensor, background: torch.Tensor | None = None) -> torch.Tensor:
+    """Interleaved pairs ``(2N, ...)`` -> BCM triples ``(3N, ...)`` ``[g0, a0, r0, ...]``: ``r_n`` is
+    ``background[n]``, or without ``background`` a copy of the global row (for the per-row context
+    and timestep, which the background row shares with its global row)."""
+    rows = pairs.reshape(pairs.shape[0] // 2, 2, *pairs.shape[1:])
+    third = rows[:, :1] if background is None else background.reshape(rows.shape[0], 1, *pairs.shape[1:])
+    return torch.cat((rows, third), dim=1).reshape(-1, *pairs.shape[1:])
+
+
+def without_background_rows(triples: torch.Tensor) -> torch.Tensor:
+    """BCM triples ``(3N, ...)`` -> their pair rows ``(2N, ...)``."""
+    rows = triples.reshape(triples.shape[0] // 3, 3, *triples.shape[1:])
+    return rows[:, :2].reshape(-1, *triples.shape[1:])
+
+
 def duplicate_rows(x: torch.Tensor) -> torch.Tensor:
     """``(N, ...)`` -> ``(2N, ...)``: each row becomes a pair of two copies (same start for both branches)."""
     return x.repeat_interleave(2, dim=0)

@@ -1,18 +1,21 @@
-"""What one UNet call needs beyond its inputs: is it BCM's reference pass, and the background
-tokens that pass records for the main pass. Shared by the diffusers processors (through
-``cross_attention_kwargs``) and the ComfyUI patches (through ``transformer_options``)."""
+"""The row layout of one UNet call, shared by the diffusers processors (through
+``cross_attention_kwargs``) and the ComfyUI patches (through ``transformer_options``): interleaved
+pairs ``[g, a]``, or with a BCM background triples ``[g, a, r]`` (see branch_math)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from .branch_math import PAIR, TRIPLE
 
 
-@dataclass
+@dataclass(frozen=True)
 class PassContext:
-    reference: bool = False
-    background_tokens: dict = field(default_factory=dict)
+    background: bool = False  # rows are triples whose third row is the pair's noised background
 
-    def __deepcopy__(self, memo):  # option dicts get deep-copied; the recorded tokens must be shared
-        return self
+    @property
+    def group(self) -> int:
+        return TRIPLE if self.background else PAIR
 
 
 PLAIN_PASS = PassContext()
+BACKGROUND_PASS = PassContext(background=True)

@@ -15,14 +15,15 @@ class Strengths:
     saim: float = 1.0
     _scale_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
-    def lora_scale(self, like: torch.Tensor) -> torch.Tensor:
-        """``(2,)`` per-branch LoRA scale on ``like``'s device and dtype, made once per placement
-        (no host-to-device copy per attention call)."""
-        key = (like.device, like.dtype, self.global_lora, self.anomaly_lora)
+    def lora_scale(self, like: torch.Tensor, group: int = 2) -> torch.Tensor:
+        """``(group,)`` LoRA scale per row of a pair (global, anomaly) or a BCM triple (global,
+        anomaly, background = global) on ``like``'s device and dtype, made once per placement (no
+        host-to-device copy per attention call)."""
+        key = (like.device, like.dtype, group, self.global_lora, self.anomaly_lora)
         scale = self._scale_cache.get(key)
         if scale is None:
-            self._scale_cache.clear()
-            scale = self._scale_cache[key] = torch.tensor(
-                [self.global_lora, self.anomaly_lora], device=like.device, dtype=like.dtype
-            )
+            if len(self._scale_cache) >= 4:
+                self._scale_cache.clear()
+            values = [self.global_lora, self.anomaly_lora, self.global_lora][:group]
+            scale = self._scale_cache[key] = torch.tensor(values, device=like.device, dtype=like.dtype)
         return scale

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from torch import nn
 
 from ..model.attention_step import after_attention, key_value_input, lora_delta
-from ..model.branch_math import GLOBAL
+from ..model.pairing import with_background_rows, without_background_rows
 from ..model.layers import AttentionDims, DualAttentionLayers, build_dual_layers, layer_key
-from ..model.passes import PLAIN_PASS, PassContext
+from ..model.passes import BACKGROUND_PASS, PLAIN_PASS, PassContext
 from ..model.strengths import Strengths
 
 
@@ -78,16 +79,16 @@ class DualAnoDiffAttnProcessor:
         else:
             context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
 
-        reference = pass_ctx.reference
+        group = pass_ctx.group
         if self.self_attention:
-            context = key_value_input(layers, h, context, pass_ctx, self.path)
+            context = key_value_input(layers, h, context, pass_ctx)
         s = state.strengths
-        q = attn.to_q(h) + lora_delta(layers, "q", h, s, reference)
-        k = attn.to_k(context) + lora_delta(layers, "k", context, s, reference)
-        v = attn.to_v(context) + lora_delta(layers, "v", context, s, reference)
+        q = attn.to_q(h) + lora_delta(layers, "q", h, s, group)
+        k = attn.to_k(context) + lora_delta(layers, "k", context, s, group)
+        v = attn.to_v(context) + lora_delta(layers, "v", context, s, group)
         a = _multi_head_attention(attn, q, k, v, attention_mask)
-        out = attn.to_out[0](a) + lora_delta(layers, "out", a, s, reference)
-        out = after_attention(layers, attn.to_out[1](out), s, reference)
+        out = attn.to_out[0](a) + lora_delta(layers, "out", a, s, group)
+        out = after_attention(layers, attn.to_out[1](out), s, group)
         if attn.residual_connection:
             out = out + hidden_states
         return out / attn.rescale_output_factor
@@ -108,9 +109,11 @@ class DualAnoDiffUNet(nn.Module):
     """A diffusers UNet with DualAnoDiff's two branches; called like the UNet itself.
 
     ``forward(sample, timestep, encoder_hidden_states, background=None, **kwargs)`` takes interleaved
-    pairs. With ``background`` (one noised background latent per pair) and BCM layers present, a
-    reference pass runs first on the backgrounds with each pair's global-row context and the global
-    LoRA, without SAIM, and its self-attention inputs feed the global rows of the main pass.
+    pairs. With ``background`` (one noised background latent per pair) and BCM layers present, each
+    pair's background runs in the same UNet call as a third row with the pair's global-row context
+    and the global LoRA, without SAIM (BCM's reference pass, in lockstep with the pair: see
+    branch_math), and its self-attention inputs feed the global row's keys and values. The output
+    holds the pair rows only.
     """
 
     def __init__(self, unet: nn.Module, layers: nn.ModuleDict, strengths: Strengths | None = None):
@@ -140,21 +143,18 @@ class DualAnoDiffUNet(nn.Module):
         self.unet.set_attn_processor(self._original_processors)
         return self.unet
 
-    def forward(self, sample, timestep, encoder_hidden_states, background=None, cross_attention_kwargs=None, **kwargs):
+    def forward(self, sample, timestep, encoder_hidden_states, background=None, cross_attention_kwargs=None,
+                return_dict: bool = True, **kwargs):
         if sample.shape[0] % 2:
             raise ValueError(
                 f"DualAnoDiff needs interleaved (global, anomaly) pairs: got an odd batch of {sample.shape[0]}"
             )
-        main = PassContext()
         extra = dict(cross_attention_kwargs or {})
-        if background is not None:
-            if not self.has_bcm:
-                raise ValueError("a background was given but this checkpoint has no BCM weights")
-            self._reference_pass(background, sample, timestep, encoder_hidden_states, main, extra, kwargs)
-        return self.unet(sample, timestep, encoder_hidden_states,
-                         cross_attention_kwargs={**extra, "dualanodiff": main}, **kwargs)
-
-    def _reference_pass(self, background, sample, timestep, encoder_hidden_states, main, extra, kwargs):
+        if background is None:
+            return self.unet(sample, timestep, encoder_hidden_states, return_dict=return_dict,
+                             cross_attention_kwargs={**extra, "dualanodiff": PLAIN_PASS}, **kwargs)
+        if not self.has_bcm:
+            raise ValueError("a background was given but this checkpoint has no BCM weights")
         n_pairs = sample.shape[0] // 2
         if background.shape[0] != n_pairs or background.shape[1:] != sample.shape[1:]:
             raise ValueError(
@@ -162,10 +162,12 @@ class DualAnoDiffUNet(nn.Module):
                 f"got {tuple(background.shape)}"
             )
         if torch.is_tensor(timestep) and timestep.ndim == 1 and timestep.shape[0] == sample.shape[0]:
-            timestep = timestep[GLOBAL::2]
-        reference = PassContext(reference=True, background_tokens=main.background_tokens)
-        self.unet(background, timestep, encoder_hidden_states[GLOBAL::2],
-                  cross_attention_kwargs={**extra, "dualanodiff": reference}, **kwargs)
+            timestep = with_background_rows(timestep)
+        out = self.unet(with_background_rows(sample, background.to(sample.dtype)), timestep,
+                        with_background_rows(encoder_hidden_states), return_dict=False,
+                        cross_attention_kwargs={**extra, "dualanodiff": BACKGROUND_PASS}, **kwargs)
+        pairs = without_background_rows(out[0])
+        return UNet2DConditionOutput(sample=pairs) if return_dict else (pairs,)
 
 
 def load_dual_unet(

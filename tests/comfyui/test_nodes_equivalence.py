@@ -90,9 +90,8 @@ def test_bcm_checkpoint_matches_diffusers(pack, ckpt_dir, n_pairs):
     comfy.model_management.load_models_gpu([patched])
     options = patched.model_options["transformer_options"]
     with torch.no_grad():
-        ours = background.reference_then_main(
-            _unet_call(patched), x, t, {"c_crossattn": ctx, "transformer_options": options},
-            bg, {"c_crossattn": ctx[0::2]})
+        ours = background.run_with_background(
+            _unet_call(patched), x, t, {"c_crossattn": ctx, "transformer_options": options}, bg)
         ref = dual(x, t, ctx, background=bg).sample
         no_bg = dual(x, t, ctx).sample
     assert (ref - no_bg)[0::2].abs().max() > 1e-3  # the background changes the global rows
@@ -159,9 +158,8 @@ def test_reference_checkpoint_loads_directly(pack, ckpt_dir, bcm):
     options = patched.model_options["transformer_options"]
     with torch.no_grad():
         if bcm:
-            ours = pack_module(pack, "nodes.background").reference_then_main(
-                _unet_call(patched), x, t, {"c_crossattn": ctx, "transformer_options": options},
-                bg, {"c_crossattn": ctx[0::2]})
+            ours = pack_module(pack, "nodes.background").run_with_background(
+                _unet_call(patched), x, t, {"c_crossattn": ctx, "transformer_options": options}, bg)
         else:
             ours = _unet_call(patched)(x, t, ctx, options)
     expected = spec_forward(tiny_unet(seed=0), by_path, x, torch.tensor(500.0), ctx, background=bg if bcm else None)

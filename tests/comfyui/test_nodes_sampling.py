@@ -435,6 +435,40 @@ def test_controlnet_after_pairing_adds_to_every_row(keys, controls, cn_runs):
     assert_same_sampling(out[1::2], cn_runs("all:B")[1::2])
 
 
+def test_controlnet_with_a_bcm_background_steers_only_the_global_rows(keys, controls):
+    """BCM's background rows join every UNet call beside the pairs; a ControlNet on the global prompt
+    must reach the global rows only (and give the background rows nothing, see the unit test below)."""
+    def run(names):
+        graph = _background_nodes(_cn_graph(keys, controls, checkpoint="bcm.safetensors"))
+        return _pairs(harness.run_graph(_paired_sampler(graph, positive_global=_apply_cn(graph, ("pg", 0), names),
+                                                        latent=("pl", 0), background=("bg", 0))))
+    plain, with_cn = run([]), run(["A"])
+    assert torch.equal(with_cn[1::2], plain[1::2])
+    assert_changed(with_cn[0::2], plain[0::2])
+
+
+def test_background_rows_get_the_global_conditioning_and_no_control(pack):
+    background = pack_module(pack, "nodes.background")
+    seen = {}
+
+    def unet_call(x, t, **c):
+        seen.update(x=x, t=t, **c)
+        return x * 2
+
+    x, bg = torch.randn(4, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    ctx, t = torch.randn(4, 77, 32), torch.tensor([5.0, 5.0, 3.0, 3.0])
+    control = {"output": [torch.ones(4, 8, 8, 8), None], "middle": [torch.ones(4, 8, 2, 2)]}
+    out = background.run_with_background(unet_call, x, t, {"c_crossattn": ctx, "control": control,
+                                                           "transformer_options": {"sigmas": t}}, bg)
+    torch.testing.assert_close(out, x * 2)
+    assert torch.equal(seen["x"][2::3], bg) and torch.equal(seen["c_crossattn"][2::3], ctx[0::2])
+    assert seen["t"].tolist() == [5.0, 5.0, 5.0, 3.0, 3.0, 3.0] and torch.equal(seen["transformer_options"]["sigmas"], seen["t"])
+    got = seen["control"]
+    assert got["output"][1] is None and got["output"] is not control["output"]  # ComfyUI pops from these lists
+    for tensors in (got["output"][0], got["middle"][0]):
+        assert tensors.shape[0] == 6 and tensors[2::3].abs().max() == 0 and tensors[0::3].min() == 1
+
+
 def test_negative_keeps_its_own_controlnet(keys, controls, cn_runs):
     """Apply ControlNet (positive + negative) on the global prompt and the negative: the negative is not
     paired, its ControlNet steers the unconditional pass of both branches; the positive one only global rows."""
