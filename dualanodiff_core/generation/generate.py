@@ -23,7 +23,7 @@ from ..runtime.dtypes import torch_dtype
 from ..errors import DualAnoDiffError
 from ..masks.methods import MASK_METHODS, METHODS, check_mask_method
 from ..options import use_defaults_of
-from ..runtime.sampling import SCHEDULERS
+from ..runtime.sampling import SCHEDULERS, scheduler_help
 
 CLI_MODEL_HINTS = {"u2net": "--u2net FILE (u2net.pth or u2netp.pth)",
                    "sam": "--sam FILE (sam_vit_b_01ec64.pth, sam_vit_l or sam_vit_h)"}
@@ -84,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--num-pairs", type=int, default=500, help="total pairs in the dataset (default: 500, as the reference)")
     p.add_argument("--batch-size", type=int, default=4, help="pairs per UNet call (default: 4)")
     p.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="pndm",
-                   help="sampler: pndm (the reference's), ddim, dpmpp-2m, euler, euler-a, ddpm (default: pndm)")
+                   help=f"sampler (default: pndm). {scheduler_help()}")
     p.add_argument("--steps", type=int, default=100, help="denoising steps (default: 100, as the reference; 50 with BCM)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: 2.5, or 2.0 with BCM)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed SEED + i (default: 0)")

@@ -6,14 +6,21 @@ import inspect
 
 import torch
 
-SCHEDULERS = {
-    "pndm": "PNDMScheduler",          # the reference's default (SD 1.5's scheduler)
-    "ddim": "DDIMScheduler",
-    "dpmpp-2m": "DPMSolverMultistepScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler-a": "EulerAncestralDiscreteScheduler",
-    "ddpm": "DDPMScheduler",
+SCHEDULERS = {  # name: (diffusers class, config overrides, what it is)
+    "pndm": ("PNDMScheduler", {}, "the reference's (SD 1.5's scheduler)"),
+    "ddim": ("DDIMScheduler", {}, "DDIM"),
+    "dpmpp-2m": ("DPMSolverMultistepScheduler", {}, "DPM-Solver++ 2M"),
+    "euler": ("EulerDiscreteScheduler", {}, "Euler"),
+    "euler-simple": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"},
+                     "Euler on ComfyUI's 'simple' schedule: the latents of ComfyUI's KSampler euler/simple for "
+                     "the same seed when the steps divide 1000"),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}, "Euler ancestral"),
+    "ddpm": ("DDPMScheduler", {}, "DDPM"),
 }
+
+
+def scheduler_help() -> str:
+    return "; ".join(f"{name}: {summary}" for name, (_, _, summary) in SCHEDULERS.items())
 
 
 def make_scheduler(name: str, config: dict):
@@ -21,7 +28,27 @@ def make_scheduler(name: str, config: dict):
 
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    return getattr(diffusers, SCHEDULERS[name]).from_config(config)
+    cls, overrides, _ = SCHEDULERS[name]
+    scheduler = getattr(diffusers, cls).from_config({**dict(config), **overrides})
+    if name == "euler-simple":
+        scheduler.__class__ = _with_comfy_start(type(scheduler))
+    return scheduler
+
+
+_comfy_start_classes: dict = {}
+
+
+def _with_comfy_start(base: type) -> type:
+    """``base`` starting from noise of standard deviation sqrt(sigma_max^2 + 1), as ComfyUI does at full
+    denoise (diffusers' trailing spacing starts from sigma_max)."""
+    cls = _comfy_start_classes.get(base)
+    if cls is None:
+        def init_noise_sigma(self):
+            return (self.sigmas.max() ** 2 + 1) ** 0.5
+
+        cls = _comfy_start_classes[base] = type(f"ComfyStart{base.__name__}", (base,),
+                                                {"init_noise_sigma": property(init_noise_sigma)})
+    return cls
 
 
 def encode_prompts(tokenizer, text_encoder, prompts: list) -> torch.Tensor:
@@ -64,19 +91,45 @@ def _noise(shape, generators, device, dtype, rows_per_generator: int):
     return torch.cat(per).to(device, dtype)
 
 
-def _hold_rows(latents, rows: int, keep, scheduler, next_t, generators):
-    """The branch's rows (0 global, 1 anomaly) held to the kept latents where ``keep``'s mask is 1, at
-    the noise level of ``next_t`` (the clean latents after the last step)."""
-    clean, mask = (k.to(latents.device, latents.dtype) for k in keep)
-    n = latents.shape[0] // 2
-    clean = clean.expand(n, *clean.shape[1:])
-    target = clean
-    if next_t is not None:
-        eps = _noise(clean.shape, generators, latents.device, latents.dtype, 1)
-        target = scheduler.add_noise(clean, eps, next_t.reshape(1).repeat(n))
-    held = latents.clone()
-    held[rows::2] = mask * target + (1 - mask) * latents[rows::2]
-    return held
+class _Held:
+    """One branch's rows (0 global, 1 anomaly) held to clean latents where ``mask`` is 1, the way
+    ComfyUI's KSampler treats a LATENT's noise_mask (so both paths give the same latents): the start
+    is the clean latents plus the row's noise at the first level; before every UNet call the held
+    area is the clean latents noised to the call's level with the row's initial noise, and after it
+    the held area's prediction is the one that denoises to the clean latents exactly."""
+
+    def __init__(self, rows: int, keep: tuple, noise: torch.Tensor):
+        n = noise.shape[0] // 2
+        clean, mask = (k.to(noise.device, noise.dtype) for k in keep)
+        self.rows, self.clean, self.mask = rows, clean.expand(n, *clean.shape[1:]), mask
+        self.noise = noise[rows::2]
+
+    def _set(self, x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        out[self.rows::2] = self.mask * value + (1 - self.mask) * x[self.rows::2]
+        return out
+
+    def start(self, latents, scheduler, t):
+        alpha_bar = scheduler.alphas_cumprod[int(t)].to(latents.device, latents.dtype)
+        out = latents.clone()  # the clean latents at the first level's scale (1 in sigma space)
+        out[self.rows::2] += self.clean * scheduler.init_noise_sigma * alpha_bar.sqrt()
+        return out
+
+    def before_call(self, latents, scheduler, t):
+        n = self.clean.shape[0]
+        return self._set(latents, scheduler.add_noise(self.clean, self.noise, t.reshape(1).repeat(n)))
+
+    def prediction(self, out, scheduler, t):
+        kind = scheduler.config.get("prediction_type", "epsilon")
+        if kind == "epsilon":
+            return self._set(out, self.noise)
+        if kind == "v_prediction":
+            alpha_bar = scheduler.alphas_cumprod[int(t)].to(out.device, out.dtype)
+            return self._set(out, alpha_bar.sqrt() * self.noise - (1 - alpha_bar).sqrt() * self.clean)
+        raise ValueError(f"holding latents needs an epsilon or v prediction model, not {kind!r}")
+
+    def finish(self, latents):
+        return self._set(latents, self.clean)
 
 
 @torch.no_grad()
@@ -103,18 +156,20 @@ def sample_pairs(
     ``noise_schedule`` (a DDPM scheduler), as the reference does; the unconditional half uses
     ``zero_background`` (the latent of an all-zero image in [-1, 1] space, as the reference).
     keep: ``(latents (N, 4, h, w), mask (N, 1, h, w))``, scaled clean latents of the user's images and
-    1 where the global rows are held to them (``generation.placement.keep_mask``): after every step
-    the global rows there are replaced by those latents noised to the step's level (fresh noise from
-    each pair's generator), and after the last step by the clean latents themselves.
+    1 where the global rows are held to them (``generation.placement.keep_mask``), as ComfyUI holds a
+    noise_mask (see ``_Held``); after the last step the held area is the clean latents themselves.
     keep_anomaly: the same for the anomaly rows (latents ``(N or 1, 4, h, w)``), e.g. its empty canvas
     outside the region, so that the anomaly branch draws its defect inside it.
     """
     param = next(dual.parameters())
     device, dtype = param.device, param.dtype
     n = len(generators)
-    latents = _noise((2 * n, 4, *latent_size), generators, device, torch.float32, 2)
+    noise = _noise((2 * n, 4, *latent_size), generators, device, torch.float32, 2)
     scheduler.set_timesteps(steps, device=device)
-    latents = latents * scheduler.init_noise_sigma
+    latents = noise * scheduler.init_noise_sigma
+    held = [_Held(rows, k, noise) for rows, k in ((0, keep), (1, keep_anomaly)) if k is not None]
+    for h in held:
+        latents = h.start(latents, scheduler, scheduler.timesteps[0])
     # ancestral/stochastic schedulers draw noise in step(); others take no generator
     step_kwargs = {"generator": generators[0]} if "generator" in inspect.signature(scheduler.step).parameters else {}
     use_cfg = guidance != 1.0
@@ -123,7 +178,9 @@ def sample_pairs(
         context = torch.cat([pair_context(uncond[0], uncond[-1], n), context])
     context = context.to(device, dtype)
     timesteps = list(scheduler.timesteps)
-    for i, t in enumerate(timesteps):
+    for t in timesteps:
+        for h in held:
+            latents = h.before_call(latents, scheduler, t)
         model_in = torch.cat([latents, latents]) if use_cfg else latents
         model_in = scheduler.scale_model_input(model_in, t)
         bg = None
@@ -139,11 +196,11 @@ def sample_pairs(
         if use_cfg:
             out_uncond, out_cond = out.chunk(2)
             out = out_uncond + guidance * (out_cond - out_uncond)
+        for h in held:
+            out = h.prediction(out, scheduler, t)
         latents = scheduler.step(out, t, latents, **step_kwargs).prev_sample
-        next_t = timesteps[i + 1] if i + 1 < len(timesteps) else None
-        for rows, held in ((0, keep), (1, keep_anomaly)):
-            if held is not None:
-                latents = _hold_rows(latents, rows, held, scheduler, next_t, generators)
         if progress is not None:
             progress()
+    for h in held:
+        latents = h.finish(latents)
     return latents

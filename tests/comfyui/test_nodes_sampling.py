@@ -112,9 +112,9 @@ def _pair_latent_nodes(graph, latent_global, latent_anomaly):
 
 
 def _paired_sampler(graph, seed=SEED, model=("load", 0), positive_global=("pg", 0), positive_anomaly=("pa", 0),
-                    negative=("ng", 0), latent=("lat", 0), background=None, cfg=CFG):
+                    negative=("ng", 0), latent=("lat", 0), background=None, cfg=CFG, steps=STEPS):
     graph["ks"] = {"class_type": "DualAnoDiffPairedKSampler", "inputs": {
-        "model": list(model), "seed": seed, "steps": STEPS, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
+        "model": list(model), "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
         "positive_global": list(positive_global), "positive_anomaly": list(positive_anomaly), "negative": list(negative),
         "latent_image": list(latent), "denoise": 1.0}}
     if background:
@@ -144,6 +144,37 @@ def test_paired_ksampler_matches_the_diffusers_reference(keys, dual, n_pairs):
                     _reference(keys, dual, interleave_rows(lat_g, lat_a), negative=_prompt(keys, "pos_g"))):
         assert_changed(changed[0::2], expected[0::2])
         assert_changed(changed[1::2], expected[1::2])
+
+
+def test_placement_gives_the_latents_of_the_cli_sampler(keys, dual):
+    """On the user's image: the Paired KSampler with Set Latent Noise Mask on the global LATENT and the
+    mid-grey canvas LATENT with the same mask on the anomaly one (the place_on_image workflow) gives the
+    latents that `generate --on-images --scheduler euler-simple` samples (runtime.sampling.sample_pairs
+    with keep and keep_anomaly), for the same image, region and seed."""
+    from dualanodiff_core.formats.base_model import BUNDLED_CONFIG, _read_json
+    from dualanodiff_core.generation.placement import inner_keep_mask, keep_mask
+    from dualanodiff_core.runtime.sampling import make_scheduler, sample_pairs
+
+    steps, scale = 4, 0.18215
+    image, canvas = _latents(40, 1) * 4, _latents(41, 1) * 4  # scaled latents, as the CLI holds them
+    region = torch.zeros(1, 1, 64, 64)
+    region[..., 16:40, 24:48] = 1  # on whole latent cells: the CLI's cell masks and ComfyUI's resized mask agree
+    graph = _base_graph(keys)
+    graph["lg"] = {"class_type": "HarnessLatent", "inputs": {"key": harness.register({"samples": image / scale, "noise_mask": region})}}
+    graph["la"] = {"class_type": "HarnessLatent", "inputs": {"key": harness.register({"samples": canvas / scale, "noise_mask": region})}}
+    graph["pl"] = {"class_type": "DualAnoDiffPairLatents", "inputs": {"latent_global": ["lg", 0], "latent_anomaly": ["la", 0]}}
+    comfy = _pairs(harness.run_graph(_paired_sampler(graph, latent=("pl", 0), steps=steps))) * scale
+
+    prompts = {name: _prompt(keys, name) for name in ("pos_g", "pos_a", "neg")}
+    cli = sample_pairs(dual, make_scheduler("euler-simple", _read_json(BUNDLED_CONFIG / "scheduler" / "scheduler_config.json")),
+                       torch.cat([prompts["pos_g"], prompts["pos_a"]]), torch.cat([prompts["neg"], prompts["neg"]]),
+                       [torch.Generator().manual_seed(SEED)], (8, 8), steps=steps, guidance=CFG,
+                       keep=(image, keep_mask(region > 0, (8, 8), margin=0)),
+                       keep_anomaly=(canvas, inner_keep_mask(region > 0, (8, 8))))
+    assert_same_sampling(comfy, cli)
+    outside = keep_mask(region > 0, (8, 8), margin=0)[0, 0] > 0
+    assert torch.equal(cli[0][:, outside], image[0][:, outside]) and torch.equal(cli[1][:, outside], canvas[0][:, outside])
+    assert_changed(cli[0][:, ~outside], image[0][:, ~outside])
 
 
 def test_unpaired_latent_starts_both_branches_from_each_image(keys, dual):
