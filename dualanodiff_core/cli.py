@@ -160,7 +160,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)s; the reference's "
                    "2e-5 needs thousands of steps)")
     p.add_argument("--sample-steps", type=int, default=d.sample_steps, help="DDIM steps (default: %(default)s)")
-    p.add_argument("--guidance", type=float, default=d.guidance, help="classifier-free guidance (default: %(default)s)")
+    p.add_argument("--guidance", type=float, default=d.guidance, help="classifier-free guidance (default: %(default)s; the --place stage uses its own measured 6)")
     p.add_argument("--mask-threshold", type=float, default=d.mask_threshold, help="grey-distance threshold of the "
                    "masks cut out of the anomaly images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
