@@ -1,13 +1,15 @@
-"""Placement in the demo world, both ways the anomaly branch can be treated outside the region, on a
-finished ``dualanodiff demo`` folder (its SAIM checkpoint and few-shot masks).
+"""Placement in the demo world, by ``--anomaly-outside`` mode and guidance, on a finished
+``dualanodiff demo`` folder (its SAIM checkpoint and few-shot masks).
 
     .venv/bin/dualanodiff demo --out dualanodiff-demo
-    .venv/bin/python scripts/measure_placement.py --demo dualanodiff-demo     # table on stdout
+    .venv/bin/python scripts/measure_placement.py --demo dualanodiff-demo --seeds 0 1   # table on stdout
+    .venv/bin/python scripts/measure_placement.py --demo dualanodiff-demo --modes canvas --guidance 2.5 4 6 8
 
 For each ``--anomaly-outside`` mode (free: the anomaly branch draws anywhere and its mask is cut to the
-region; canvas: it is held to its empty grey canvas outside the region) and each seed, 16 normal world
-images x 2 variations are placed with ``generate --on-images --region auto`` and measured with
-``dualanodiff_core/demo/placement_stage.py``'s metrics. Writes ``placement.json`` into the demo folder.
+region; canvas: it is held to its empty grey canvas outside the region), each guidance and each seed,
+16 normal world images x 2 variations are placed with ``generate --on-images --region auto`` and
+measured with ``dualanodiff_core/demo/placement_stage.py``'s metrics (the table gives means over the
+seeds). Writes ``placement.json`` into the demo folder.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dualanodiff_core.demo import run as demo  # noqa: E402
-from dualanodiff_core.demo.placement_stage import run_placement  # noqa: E402
+from dualanodiff_core.demo.placement_stage import GUIDANCE, run_placement  # noqa: E402
 
 COLUMNS = ("change_outside_region", "anomaly_defect_in_region", "mask_in_region_kept", "alignment_iou_in_region",
            "nonempty_mask_share", "defect_area_ratio")
@@ -34,6 +36,10 @@ def main(argv=None) -> int:
     ap.add_argument("--demo", type=Path, required=True, help="a finished `dualanodiff demo` output folder")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="placement seeds (default: 0)")
     ap.add_argument("--defect", default="scratch", help="the demo's --defect (default: scratch)")
+    ap.add_argument("--modes", nargs="+", choices=("free", "canvas"), default=["free", "canvas"],
+                    help="--anomaly-outside modes to compare (default: both)")
+    ap.add_argument("--guidance", type=float, nargs="+", default=[GUIDANCE],
+                    help=f"classifier-free guidance values (default: the placement stage's {GUIDANCE:g})")
     args = ap.parse_args(argv)
     checkpoint = args.demo / "checkpoints" / "demo_saim.safetensors"
     masks_dir = args.demo / "few_shot" / "masks"
@@ -43,22 +49,23 @@ def main(argv=None) -> int:
 
     training = [np.asarray(Image.open(p)) > 127 for p in sorted(masks_dir.glob("*.png"))]
     rows = {}
-    for mode in ("free", "canvas"):
-        per_seed = []
-        for seed in args.seeds:
-            cfg = demo.DemoConfig(out=args.demo, defect=args.defect, seed=seed)
-            began = time.perf_counter()
-            _, m = run_placement(cfg, checkpoint, masks_dir, training, args.demo, anomaly_outside=mode,
-                                 name=f"placed_{mode}_{seed}")
-            m["seconds"] = round(time.perf_counter() - began, 1)
-            per_seed.append(m)
-            print(f"{mode} seed {seed}: {json.dumps(m)}", file=sys.stderr)
-        rows[mode] = {k: round(float(np.mean([m[k] for m in per_seed])), 4) for k in COLUMNS + ("seconds",)}
-        rows[mode]["per_seed"] = per_seed
-    print("| anomaly branch outside the region | " + " | ".join(COLUMNS) + " | seconds |")
+    for mode in args.modes:
+        for guidance in args.guidance:
+            per_seed = []
+            for seed in args.seeds:
+                cfg = demo.DemoConfig(out=args.demo, defect=args.defect, seed=seed)
+                began = time.perf_counter()
+                _, m = run_placement(cfg, checkpoint, masks_dir, training, args.demo, anomaly_outside=mode,
+                                     name=f"placed_{mode}_g{guidance:g}_{seed}", guidance=guidance)
+                m["seconds"] = round(time.perf_counter() - began, 1)
+                per_seed.append(m)
+                print(f"{mode} guidance {guidance:g} seed {seed}: {json.dumps(m)}", file=sys.stderr)
+            row = {k: round(float(np.mean([m[k] for m in per_seed])), 4) for k in COLUMNS + ("seconds",)}
+            rows[f"{mode}, guidance {guidance:g}"] = {**row, "per_seed": per_seed}
+    print("| anomaly branch outside the region, guidance | " + " | ".join(COLUMNS) + " | seconds |")
     print("|---" * (len(COLUMNS) + 2) + "|")
-    for mode, r in rows.items():
-        print(f"| {mode} | " + " | ".join(f"{r[k]:.4g}" for k in COLUMNS) + f" | {r['seconds']} |")
+    for name, r in rows.items():
+        print(f"| {name} | " + " | ".join(f"{r[k]:.4g}" for k in COLUMNS) + f" | {r['seconds']} |")
     (args.demo / "placement.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
     return 0
 

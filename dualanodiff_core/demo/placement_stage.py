@@ -105,7 +105,7 @@ def placement_metrics(placed: dict, training_masks) -> dict:
 
 
 def run_placement(cfg, checkpoint: Path, training_masks_dir: Path, training_masks, out: Path,
-                  anomaly_outside: str = ANOMALY_OUTSIDE, name: str = "placed") -> tuple:
+                  anomaly_outside: str = ANOMALY_OUTSIDE, name: str = "placed", guidance: float = GUIDANCE) -> tuple:
     """Generate the placed pairs with ``checkpoint`` into ``out/samples/<name>``; returns (arrays for the
     contact sheet, metrics)."""
     import shutil
@@ -118,10 +118,11 @@ def run_placement(cfg, checkpoint: Path, training_masks_dir: Path, training_mask
     shutil.rmtree(samples_dir, ignore_errors=True)
     root = generate(GenerateConfig(
         base_model=cfg.base_model, checkpoint=checkpoint, output_dir=samples_dir, object="world", defect=cfg.defect,
-        batch_size=cfg.batch_size, scheduler="ddim", steps=cfg.sample_steps, guidance=GUIDANCE, seed=cfg.seed,
+        batch_size=cfg.batch_size, scheduler="ddim", steps=cfg.sample_steps, guidance=guidance, seed=cfg.seed,
         resolution=demo_world.SIZE, mask_threshold=cfg.mask_threshold, dtype="fp32", cpu=cfg.cpu,
         on_images=folder / "images", region="auto", training_masks=training_masks_dir,
         object_masks=folder / "objects", variations=VARIATIONS, anomaly_outside=anomaly_outside))
     placed = read_placed(root, folder, normals)
     placed["threshold"] = cfg.mask_threshold
-    return placed, {**placement_metrics(placed, training_masks), "anomaly_outside": anomaly_outside}
+    return placed, {**placement_metrics(placed, training_masks), "anomaly_outside": anomaly_outside,
+                    "guidance": guidance}
