@@ -210,13 +210,16 @@ def test_auto_region_is_a_training_defect_sized_box_on_the_object():
     obj = _box(64, 64, 10, 50, 20, 60)
     sizes = np.array([[0.125, 0.25]])  # 8 x 16 pixels at 64 px
     for seed in range(20):
-        region = auto_region(obj, sizes, np.random.default_rng(seed), "img.png")
+        region = auto_region(obj, sizes, np.random.default_rng(seed), "img.png", grow=0.25)
         assert region.any() and not region[~obj].any()
         ys, xs = np.nonzero(region)
         assert ys.max() - ys.min() + 1 <= 8 * 1.5 + 4 and xs.max() - xs.min() + 1 <= 16 * 1.5 + 4
-    full = auto_region(np.ones((64, 64), bool), sizes, np.random.default_rng(3), "img.png")
+    full = auto_region(np.ones((64, 64), bool), sizes, np.random.default_rng(3), "img.png", grow=0.25)
     ys, xs = np.nonzero(full)
     assert (ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) == (16, 28)  # 8 * 1.5 + 4, 16 * 1.5 + 4
+    full = auto_region(np.ones((64, 64), bool), sizes, np.random.default_rng(3), "img.png")
+    ys, xs = np.nonzero(full)
+    assert (ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) == (28, 52)  # the default grow 1: 8 * 3 + 4, 16 * 3 + 4
     again = auto_region(obj, sizes, np.random.default_rng(3), "img.png")
     assert np.array_equal(again, auto_region(obj, sizes, np.random.default_rng(3), "img.png"))
     with pytest.raises(DualAnoDiffError, match="img.png: no object found"):
@@ -261,7 +264,7 @@ def test_cli_region_auto_places_inside_the_object(tiny_sd, checkpoint, tmp_path)
     assert _generate(tiny_sd, checkpoint, out, *args) == 0
     root = out / "part" / "dent"
     entries = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
-    assert len(entries) == 6 and all(e["regions"].startswith("auto objects") for e in entries)
+    assert len(entries) == 6 and all(e["regions"].startswith("auto grow 1 objects") for e in entries)
     boxes = set()
     for e in entries:
         x, y, w, h = (int(v) for v in e["region"].removeprefix("auto ").split(","))
@@ -284,7 +287,10 @@ def test_cli_region_auto_places_inside_the_object(tiny_sd, checkpoint, tmp_path)
      "n0.png: no object found"),
     (["--box", "1,1,4,4", "--training-masks", "{masks}"], "--training-masks is for --region auto"),
     (["--box", "1,1,4,4", "--region", "auto", "--training-masks", "{masks}"], "one of: --regions DIR"),
-], ids=["no-training-masks", "no-object", "masks-without-auto", "two-region-kinds"])
+    (["--box", "1,1,4,4", "--region-grow", "0.5"], "--region-grow is for --region auto"),
+    (["--region", "auto", "--training-masks", "{masks}", "--region-grow", "-1"], "--region-grow must be at least 0"),
+], ids=["no-training-masks", "no-object", "masks-without-auto", "two-region-kinds", "grow-without-auto",
+        "negative-grow"])
 def test_cli_region_auto_bad_input(tiny_sd, checkpoint, tmp_path, capsys, extra, message):
     _auto_inputs(tmp_path)
     (tmp_path / "empty_objects").mkdir()

@@ -21,13 +21,19 @@ from pathlib import Path
 import numpy as np
 
 from . import world as demo_world
+from ..generation.placement import AUTO_GROW
 
 IMAGES, VARIATIONS = 16, 2
 ANOMALY_OUTSIDE = "canvas"  # generate's default --anomaly-outside (scripts/measure_placement.py compares both)
-# Regions are a tenth of the image: at the demo's 2.5 the anomaly branch drew no defect in a third of
-# them. Chosen from the README's sweep (2.5/4/6/8): alignment IoU in region 0.63 -> 0.74 at 6, with the
-# defect area ratio nearest 1 (8 gained 0.006 IoU for 1.43x the area)
+# Regions are small (a sixth of the image at generate's default --region-grow, a tenth at 0.25): at the
+# demo's 2.5 the anomaly branch drew no defect in a third of the smaller ones. Chosen from the README's
+# sweep (2.5/4/6/8 at grow 0.25): alignment IoU in region 0.63 -> 0.73 at 6, with the defect area ratio
+# nearest 1 (8 gained 0.006 IoU for 1.43x the area)
 GUIDANCE = 6.0
+
+
+def region_grow_of(value: float | None) -> float:
+    return AUTO_GROW if value is None else value
 
 
 def write_normal_images(folder: Path, n: int, seed: int) -> dict:
@@ -105,7 +111,8 @@ def placement_metrics(placed: dict, training_masks) -> dict:
 
 
 def run_placement(cfg, checkpoint: Path, training_masks_dir: Path, training_masks, out: Path,
-                  anomaly_outside: str = ANOMALY_OUTSIDE, name: str = "placed", guidance: float = GUIDANCE) -> tuple:
+                  anomaly_outside: str = ANOMALY_OUTSIDE, name: str = "placed", guidance: float = GUIDANCE,
+                  region_grow: float | None = None) -> tuple:
     """Generate the placed pairs with ``checkpoint`` into ``out/samples/<name>``; returns (arrays for the
     contact sheet, metrics)."""
     import shutil
@@ -121,8 +128,9 @@ def run_placement(cfg, checkpoint: Path, training_masks_dir: Path, training_mask
         batch_size=cfg.batch_size, scheduler="ddim", steps=cfg.sample_steps, guidance=guidance, seed=cfg.seed,
         resolution=demo_world.SIZE, mask_threshold=cfg.mask_threshold, dtype="fp32", cpu=cfg.cpu,
         on_images=folder / "images", region="auto", training_masks=training_masks_dir,
-        object_masks=folder / "objects", variations=VARIATIONS, anomaly_outside=anomaly_outside))
+        object_masks=folder / "objects", variations=VARIATIONS, anomaly_outside=anomaly_outside,
+        region_grow=region_grow))
     placed = read_placed(root, folder, normals)
     placed["threshold"] = cfg.mask_threshold
     return placed, {**placement_metrics(placed, training_masks), "anomaly_outside": anomaly_outside,
-                    "guidance": guidance}
+                    "guidance": guidance, "region_grow": region_grow_of(region_grow)}
