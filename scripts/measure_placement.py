@@ -1,4 +1,4 @@
-"""Placement in the demo world, by ``--anomaly-outside`` mode and guidance, on a finished
+"""Placement in the demo world, by ``--anomaly-outside`` mode, guidance and region size, on a finished
 ``dualanodiff demo`` folder (its SAIM checkpoint and few-shot masks).
 
     .venv/bin/dualanodiff demo --out dualanodiff-demo

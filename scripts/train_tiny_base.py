@@ -2,7 +2,8 @@
 diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) that
 ``load_base_model`` reads like any SD 1.5 folder.
 
-    .venv/bin/python scripts/train_tiny_base.py                     # rewrites dualanodiff_core/demo/model
+    .venv/bin/python scripts/train_tiny_base.py      # writes dualanodiff_core/demo_model, beside the shipped
+                                                     # dualanodiff_core/demo/model (--out that folder to replace it)
     .venv/bin/python scripts/train_tiny_base.py --out /tmp/m --preview /tmp/m.png
 
 Deterministic (seeded, CPU, fixed thread count): the same torch version gives the same weights.
@@ -198,7 +199,7 @@ def preview(folder: Path, path: Path, n: int = 16) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=ROOT / "dualanodiff_core" / "demo_model", help="model folder to (re)write")
+    p.add_argument("--out", type=Path, default=ROOT / "dualanodiff_core" / "demo_model", help="model folder to (re)write (default: dualanodiff_core/demo_model, beside the shipped demo/model)")
     p.add_argument("--vae-steps", type=int, default=2500)
     p.add_argument("--unet-steps", type=int, default=8000)
     stage = p.add_mutually_exclusive_group()

@@ -32,10 +32,6 @@ ANOMALY_OUTSIDE = "canvas"  # generate's default --anomaly-outside (scripts/meas
 GUIDANCE = 6.0
 
 
-def region_grow_of(value: float | None) -> float:
-    return AUTO_GROW if value is None else value
-
-
 def write_normal_images(folder: Path, n: int, seed: int) -> dict:
     """``folder/images/<i>.png`` (normal world objects) and ``folder/objects/<i>.png`` (their object
     masks); returns name -> world sample."""
@@ -112,7 +108,7 @@ def placement_metrics(placed: dict, training_masks) -> dict:
 
 def run_placement(cfg, checkpoint: Path, training_masks_dir: Path, training_masks, out: Path,
                   anomaly_outside: str = ANOMALY_OUTSIDE, name: str = "placed", guidance: float = GUIDANCE,
-                  region_grow: float | None = None) -> tuple:
+                  region_grow: float = AUTO_GROW) -> tuple:
     """Generate the placed pairs with ``checkpoint`` into ``out/samples/<name>``; returns (arrays for the
     contact sheet, metrics)."""
     import shutil
@@ -133,4 +129,4 @@ def run_placement(cfg, checkpoint: Path, training_masks_dir: Path, training_mask
     placed = read_placed(root, folder, normals)
     placed["threshold"] = cfg.mask_threshold
     return placed, {**placement_metrics(placed, training_masks), "anomaly_outside": anomaly_outside,
-                    "guidance": guidance, "region_grow": region_grow_of(region_grow)}
+                    "guidance": guidance, "region_grow": region_grow}
