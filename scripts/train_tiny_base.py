@@ -6,7 +6,9 @@ diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, sche
                                                      # dualanodiff_core/demo/model (--out that folder to replace it)
     .venv/bin/python scripts/train_tiny_base.py --out /tmp/m --preview /tmp/m.png
 
-Deterministic (seeded, CPU, fixed thread count): the same torch version gives the same weights.
+Deterministic on one machine (seeded, CPU, fixed thread count: two runs give the same bytes), not across
+machines: a re-run of the autoencoder stage on 2026-12-02, same torch and diffusers, differed from the
+shipped weights in every tensor, so the shipped files are the reference.
 Runtime of the shipped configuration: about 65 minutes on 2 idle CPU cores (VAE 2500 steps at 0.36 s,
 UNet 8000 steps at 0.35 s). The two stages can run separately: ``--vae-only --out V`` writes the
 autoencoder, ``--vae V`` trains the UNet on it; the result is the same as one run, because the VAE
