@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..formats.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
 from ..formats.base_model import place
+from .latent_cache import EncodedPairs
 from .data import PairTensors, flips_for, folder_pairs, load_object_masks, mvtec_pairs
 from ..runtime.diffusers_adapter import DualAnoDiffUNet, build_layers
 from ..image_io import grid, save_png
@@ -92,6 +93,7 @@ class DualTrainer:
 
         self.noise_schedule = DDPMScheduler.from_config(base.scheduler_config)
         self.vae = place(base.vae, self.device, self.weight_dtype)
+        self.encoded = EncodedPairs(self.vae)
         unet = place(base.unet, self.device, self.weight_dtype)
         layers = build_layers(unet, rank=args.rank, saim=not args.no_saim, bcm=args.bcm).to(self.device)
         self.dual = DualAnoDiffUNet(unet, layers)
@@ -124,8 +126,9 @@ class DualTrainer:
         flips &= torch.tensor(self.flips)[:, None]
         batch = self.data.batch(idx, flips[0], flips[1])
         with torch.no_grad():
-            pixels = torch.stack([batch["image"], batch["anomaly"]], dim=1).flatten(0, 1)  # interleaved pairs
-            latents = vae_encode(self.vae, pixels, scaled=True, generator=g).float()
+            keys = [(int(i), bool(h), bool(v)) for i, h, v in zip(idx, flips[0], flips[1])]
+            latents = self.encoded.latents(  # interleaved pairs
+                lambda: torch.stack([batch["image"], batch["anomaly"]], dim=1).flatten(0, 1), keys, g).float()
             noise = torch.randn(latents.shape, generator=g).to(self.device)
             t_pairs = torch.randint(0, self.noise_schedule.config.num_train_timesteps, (n,), generator=g).to(self.device)
             t_rows = t_pairs.repeat_interleave(2)
