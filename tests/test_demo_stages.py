@@ -48,3 +48,37 @@ def test_shipped_vae_keeps_its_measured_alignment_ceiling():
     vae = load_base_model(DEMO_MODEL).vae
     # measured 0.858 for scratch at the demo's threshold 0.2 (0.833 with the previous 16/32/32 VAE)
     assert demo_stages.vae_alignment_ceiling(vae, "scratch", 0.2) >= 0.84
+
+
+def test_compare_autoencoders_reports_the_vae_stage_and_the_weights_that_differ(tmp_path, capsys):
+    import importlib.util
+    import json
+    import shutil
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from dualanodiff_core.demo.run import DEMO_MODEL
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("compare_autoencoders", root / "scripts" / "compare_autoencoders.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    shipped, copy = DEMO_MODEL / "vae", tmp_path / "vae"
+    shutil.copytree(shipped, copy)
+    weights = next(copy.glob("*.safetensors"))
+    tensors = load_file(str(weights))
+    tensors["decoder.conv_out.bias"] = tensors["decoder.conv_out.bias"] + torch.tensor(0.25, dtype=torch.float16)
+    save_file(tensors, str(weights))
+
+    assert script.main([str(shipped), str(copy), "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["weights"]["tensors"] == len(tensors) and report["weights"]["differing"] == 1
+    assert report["weights"]["largest"] == ["decoder.conv_out.bias", pytest.approx(0.25, abs=1e-3)]
+    stage = report[str(shipped)]
+    # the shipped VAE's figures in the README's stage table (another CPU may round the fourth digit)
+    assert stage["scratch"]["alignment_ceiling"] == pytest.approx(0.858, abs=0.005)
+    assert stage["crack"]["alignment_ceiling"] == pytest.approx(0.844, abs=0.005)
+    assert stage["scratch"]["area_ratio"] == pytest.approx(1.36, abs=0.01)
+    assert set(report[str(copy)]) == {"scratch", "crack", "spot"}

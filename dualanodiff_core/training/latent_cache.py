@@ -1,8 +1,8 @@
 """The frozen VAE's encodings of the training pairs, kept between steps.
 
 Few-shot training draws the same handful of pairs (under a few flips) at every step, and the VAE
-never changes, so re-encoding them each step is wasted work (a fifth of a demo training step on a
-2-core AVX2 CPU). What is kept is the posterior's parameters, not a latent: every step still draws
+never changes, so re-encoding them each step is wasted work (about 5 % of a demo training step on 2
+CPU cores). What is kept is the posterior's parameters, not a latent: every step still draws
 its own latent sample from its own generator, at the same point of the generator's stream.
 
 Bit for bit the same as encoding each step's batch: a batch with a row not yet kept is encoded
