@@ -50,35 +50,82 @@ def test_shipped_vae_keeps_its_measured_alignment_ceiling():
     assert demo_stages.vae_alignment_ceiling(vae, "scratch", 0.2) >= 0.84
 
 
-def test_compare_autoencoders_reports_the_vae_stage_and_the_weights_that_differ(tmp_path, capsys):
+def _compare_script():
     import importlib.util
-    import json
-    import shutil
     from pathlib import Path
 
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("compare_base_models", root / "scripts" / "compare_base_models.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def _shift_one_tensor(folder, name: str, by: float) -> int:
     import torch
     from safetensors.torch import load_file, save_file
 
+    weights = next(folder.glob("*.safetensors"))
+    tensors = load_file(str(weights))
+    tensors[name] = tensors[name] + torch.tensor(by, dtype=tensors[name].dtype)
+    save_file(tensors, str(weights))
+    return len(tensors)
+
+
+def test_compare_base_models_reports_the_vae_stage_and_the_weights_that_differ(tmp_path, capsys):
+    import json
+    import shutil
+
     from dualanodiff_core.demo.run import DEMO_MODEL
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("compare_autoencoders", root / "scripts" / "compare_autoencoders.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     shipped, copy = DEMO_MODEL / "vae", tmp_path / "vae"
     shutil.copytree(shipped, copy)
-    weights = next(copy.glob("*.safetensors"))
-    tensors = load_file(str(weights))
-    tensors["decoder.conv_out.bias"] = tensors["decoder.conv_out.bias"] + torch.tensor(0.25, dtype=torch.float16)
-    save_file(tensors, str(weights))
+    n = _shift_one_tensor(copy, "decoder.conv_out.bias", 0.25)
 
-    assert script.main([str(shipped), str(copy), "--threads", "1"]) == 0
+    assert _compare_script().main([str(shipped), str(copy), "--threads", "1"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["weights"]["tensors"] == len(tensors) and report["weights"]["differing"] == 1
-    assert report["weights"]["largest"] == ["decoder.conv_out.bias", pytest.approx(0.25, abs=1e-3)]
-    stage = report[str(shipped)]
+    assert report["weights"]["vae"]["tensors"] == n and report["weights"]["vae"]["differing"] == 1
+    assert report["weights"]["vae"]["largest"] == ["decoder.conv_out.bias", pytest.approx(0.25, abs=1e-3)]
+    stage = report[str(shipped)]["vae"]
     # the shipped VAE's figures in the README's stage table (another CPU may round the fourth digit)
     assert stage["scratch"]["alignment_ceiling"] == pytest.approx(0.858, abs=0.005)
     assert stage["crack"]["alignment_ceiling"] == pytest.approx(0.844, abs=0.005)
     assert stage["scratch"]["area_ratio"] == pytest.approx(1.36, abs=0.01)
-    assert set(report[str(copy)]) == {"scratch", "crack", "spot"}
+    assert set(report[str(copy)]["vae"]) == {"scratch", "crack", "spot"}
+    assert "base_model" not in report[str(copy)]
+
+
+def test_compare_base_models_reports_the_base_model_stage_of_whole_models(tmp_path, capsys):
+    import json
+    import shutil
+
+    from dualanodiff_core.demo.run import DEMO_MODEL
+
+    copy = tmp_path / "model"
+    shutil.copytree(DEMO_MODEL, copy)
+    _shift_one_tensor(copy / "unet", "conv_out.bias", 0.5)
+
+    assert _compare_script().main([str(DEMO_MODEL), str(copy), "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {k: v["differing"] for k, v in report["weights"].items()} == {"vae": 0, "unet": 1, "text_encoder": 0}
+    shipped, shifted = report[str(DEMO_MODEL)], report[str(copy)]
+    # the README's stage table: the shipped base model's plain samples score 0.890
+    assert shipped["base_model"]["shape_fidelity"] == pytest.approx(0.890, abs=0.005)
+    assert shipped["base_model"]["object_share"] == 1.0
+    assert shipped["vae"] == shifted["vae"] and shipped["scaling_factor"] == shifted["scaling_factor"]
+    # a constant 0.5 on every predicted noise value: the samples are no longer world objects
+    assert shifted["base_model"]["shape_fidelity"] < shipped["base_model"]["shape_fidelity"] - 0.1
+
+
+def test_compare_base_models_refuses_unlike_folders(tmp_path, capsys):
+    from dualanodiff_core.demo.run import DEMO_MODEL
+
+    with pytest.raises(SystemExit):
+        _compare_script().main([str(DEMO_MODEL), str(DEMO_MODEL / "vae")])
+    err = capsys.readouterr().err
+    assert f"{DEMO_MODEL} is a model folder and {DEMO_MODEL / 'vae'} an autoencoder folder" in err
+    assert "pass FOLDER/vae" in err
+    (tmp_path / "model_index.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        _compare_script().main([str(DEMO_MODEL), str(tmp_path)])
+    assert f"{tmp_path} is a model folder without vae, unet, text_encoder" in capsys.readouterr().err
