@@ -98,15 +98,14 @@ def check_pair(parser: argparse.ArgumentParser, first: Path, second: Path) -> No
             if missing:
                 parser.error(f"{folder} is a model folder without {', '.join(missing)} (config.json and a "
                              ".safetensors file each); a --vae-only run writes only vae/: pass FOLDER/vae for it")
-            kinds.append("model")
+            kinds.append("a model folder")
         elif is_component_folder(folder):
-            kinds.append("autoencoder")
+            kinds.append("an autoencoder folder")
         else:
             parser.error(f"{folder} is neither a model folder (model_index.json, unet/, vae/, text_encoder/) nor an "
                          "autoencoder folder (config.json and a .safetensors file)")
     if kinds[0] != kinds[1]:
-        parser.error(f"{first} is {'a' if kinds[0] == 'model' else 'an'} {kinds[0]} folder and {second} "
-                     f"{'a' if kinds[1] == 'model' else 'an'} {kinds[1]} folder: compare like with like "
+        parser.error(f"{first} is {kinds[0]} and {second} {kinds[1]}: compare like with like "
                      "(for a model folder's autoencoder pass FOLDER/vae)")
 
 
