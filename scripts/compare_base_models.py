@@ -14,8 +14,9 @@ that the base model decides:
   branch's targets), the area the defect grows to, its pieces, and the alignment IoU that perfectly
   aligned pairs keep through it (the ceiling of the demo's metric);
 - the base model (both a model folder): shape fidelity of its plain samples (the IoU of each sample's
-  object with the nearest true world object; real world images score 0.939), and the share of samples
-  that show an object at all.
+  object with the nearest true world object; real world images score 0.939), their texture and edge
+  detail against real images', the share of samples that show an object at all, and what the UNet keeps
+  of real images noised to t = 300 and 700 (beside what the autoencoder alone keeps).
 
 Also, per component, how many tensors differ and the largest difference, for scale. Prints JSON.
 """
@@ -46,9 +47,9 @@ def is_component_folder(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
-def vae_stage(vae, threshold: float) -> dict:
+def vae_stage(vae, threshold: float, defects=demo_world.DEFECTS) -> dict:
     out = {}
-    for defect in demo_world.DEFECTS:
+    for defect in defects:
         iou = demo_stages.vae_defect_iou(vae, defect)
         out[defect] = {"global_iou": iou["global"], "anomaly_iou": iou["anomaly"], "area_ratio": iou["area_ratio"],
                        "pieces": iou["pieces"]["mean_pieces"],
@@ -56,22 +57,15 @@ def vae_stage(vae, threshold: float) -> dict:
     return out
 
 
-def base_model_stage(base, library: np.ndarray) -> dict:
-    samples = demo_stages.base_samples(base)
-    fidelity = demo_stages.shape_fidelity(samples, library)
-    shows_object = demo_stages.object_pixels(samples).reshape(len(samples), -1).any(1)
-    return {"shape_fidelity": round(float(fidelity.mean()), 4), "object_share": round(float(shows_object.mean()), 4)}
-
-
-def stages(folder: Path, threshold: float, library: np.ndarray | None) -> dict:
+def stages(folder: Path, threshold: float, library: np.ndarray | None, defects=demo_world.DEFECTS) -> dict:
     if not is_model_folder(folder):
         from diffusers import AutoencoderKL
 
-        return {"vae": vae_stage(AutoencoderKL.from_pretrained(folder).float().eval(), threshold)}
+        return {"vae": vae_stage(AutoencoderKL.from_pretrained(folder).float().eval(), threshold, defects)}
     from dualanodiff_core.formats.base_model import load_base_model
 
     base = load_base_model(folder)
-    return {"vae": vae_stage(base.vae, threshold), "base_model": base_model_stage(base, library),
+    return {"vae": vae_stage(base.vae, threshold, defects), "base_model": demo_stages.base_model_figures(base, library),
             "scaling_factor": base.vae.config.scaling_factor}
 
 
@@ -116,12 +110,14 @@ def main(argv=None) -> int:
     p.add_argument("second", type=Path, help="the same kind of folder, e.g. a re-run of scripts/train_tiny_base.py "
                                              "(its --out, or --out/vae of a --vae-only run)")
     p.add_argument("--threshold", type=float, default=DemoConfig.mask_threshold, help="mask threshold (the demo's)")
+    p.add_argument("--defects", nargs="+", choices=demo_world.DEFECTS, default=list(demo_world.DEFECTS),
+                   help="defect kinds of the autoencoder stage (default: all)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = p.parse_args(argv)
     check_pair(p, args.first, args.second)
     torch.set_num_threads(args.threads)
     library = demo_stages.shape_library() if is_model_folder(args.first) else None
-    report = {str(f): stages(f, args.threshold, library) for f in (args.first, args.second)}
+    report = {str(f): stages(f, args.threshold, library, args.defects) for f in (args.first, args.second)}
     report["weights"] = weight_differences(args.first, args.second)
     print(json.dumps(report, indent=1))
     return 0

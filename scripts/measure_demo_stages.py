@@ -7,8 +7,9 @@ Stages (``dualanodiff_core/demo/stages.py`` holds the measurements):
 1. VAE round trip: IoU of the defect found by colour before and after encode/decode (world defect
    images, and the anomaly branch's targets: the defect alone on mid grey), and the alignment IoU of
    perfectly aligned real pairs after it (the most the demo's metric can reach with this VAE).
-2. Base model: shape fidelity (IoU of the object with the nearest true world object) of its plain
-   samples, beside the same number for real world images.
+2. Base model: shape fidelity (IoU of the object with the nearest true world object) and detail of its
+   plain samples, beside the same numbers for real world images, for real images through the VAE alone,
+   and for real images noised to t = 300 and 700 and denoised back by the UNet (what it keeps).
 3. Few-shot training: defect area ratio, stray defect colour and shape fidelity of the demo's
    generated global images, per model.
 4. Sampling settings: the SAIM model sampled again with other step counts and guidance scales.
@@ -63,6 +64,7 @@ def main(argv=None) -> int:
     out["vae_alignment_ceiling"] = demo_stages.vae_alignment_ceiling(base.vae, cfg.defect, cfg.mask_threshold)
     out["shape_fidelity"] = {"real": round(float(demo_stages.shape_fidelity(real, library).mean()), 4),
                              "base_model": round(float(demo_stages.shape_fidelity(demo_stages.base_samples(base), library).mean()), 4)}
+    out["base_model"] = demo_stages.base_model_figures(base, library)
     samples = {}
     for variant in demo.VARIANTS:
         root = args.demo / "samples" / variant / "world" / cfg.defect

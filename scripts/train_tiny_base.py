@@ -29,6 +29,10 @@ goes through the fp16 it is stored in before the UNet's latents are computed eit
 - UNet: SD's UNet2DConditionModel, three levels (16, 8, 4; 48, 96, 96 channels), cross-attention on the first two and in
   the middle, trained with SD's noise schedule on normal objects only (prompt dropped 10% of the time
   for classifier-free guidance), with an EMA of the weights (the EMA is shipped). Weights stored fp16.
+- Continuing and marks (not part of the shipped recipe): ``--init-unet MODEL`` trains MODEL's UNet further on
+  MODEL's autoencoder; ``--marks SHARE`` draws that share of the UNet's images with thin marks of any colour but
+  the defects' magenta, over objects or on the mid-grey canvas (prompts :data:`MARK_PROMPTS`), a stand-in for
+  the lines and scratches SD 1.5 has seen; ``--eval-every N`` logs :func:`denoising_loss` on held-out objects.
 """
 from __future__ import annotations
 
@@ -50,6 +54,8 @@ from dualanodiff_core.demo import world as demo_world  # noqa: E402
 from dualanodiff_core.formats.byte_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, write_byte_tokenizer  # noqa: E402
 
 PROMPT = "a photo of an object"
+# --marks: prompts of the images with marks (context rows 2 and 3; row 0 is PROMPT, row 1 the empty prompt)
+MARK_PROMPTS = ("a photo of an object with a mark", "a mark")
 VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8, sample_size=64,
     down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
@@ -102,6 +108,44 @@ def vae_batch(rng, n: int) -> tuple:
     return torch.stack(images), torch.stack(marks)[:, None].float()
 
 
+def mark_colour(rng) -> np.ndarray:
+    """A random colour that is not the world's defect magenta (magenta-ness below 0.05)."""
+    while True:
+        rgb = rng.uniform(0, 1, 3).astype(np.float32)
+        if min(rgb[0], rgb[2]) - rgb[1] < 0.05:
+            return rgb
+
+
+def marked_image(rng) -> tuple:
+    """An image in [0, 1] (64, 64, 3) with one or two marks, thin bent strokes of a non-magenta colour,
+    over a normal world object (kind 0) or on the anomaly branch's mid-grey canvas (kind 1)."""
+    kind = int(rng.random() < 0.5)
+    image = np.full((64, 64, 3), 0.5, np.float32) if kind else demo_world.sample(rng).image.copy()
+    for _ in range(rng.integers(1, 3)):
+        n = rng.integers(2, 5)
+        angle = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.uniform(-0.6, 0.6, n - 1))
+        step = rng.uniform(6, 36) / (n - 1)
+        pts = np.cumsum(np.concatenate([rng.uniform(14, 50, (1, 2)),
+                                        step * np.stack([np.cos(angle), np.sin(angle)], 1)]), 0)
+        image[demo_world._thick_polyline(pts, rng.uniform(1.5, 5.0), 64)] = mark_colour(rng)
+    return image, kind
+
+
+def encode_marked_pool(vae, n: int) -> tuple:
+    """Posterior mean and std of ``n`` :func:`marked_image` images, and each one's context row."""
+    rng = np.random.default_rng(31)
+    means, stds, rows = [], [], []
+    with torch.no_grad():
+        for start in range(0, n, 128):
+            drawn = [marked_image(rng) for _ in range(min(128, n - start))]
+            x = torch.from_numpy(np.stack([d[0] for d in drawn])).permute(0, 3, 1, 2) * 2 - 1
+            dist = vae.encode(x).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+            rows += [2 + d[1] for d in drawn]
+    return torch.cat(means), torch.cat(stds), torch.tensor(rows)
+
+
 def train_vae(steps: int, batch: int, log) -> torch.nn.Module:
     """Reconstruction (L1 + MSE) weighted 10x on defects and strokes, which are a few percent of the
     pixels: unweighted, the autoencoder blurs a 2 px scratch away. Plus a tiny KL term."""
@@ -144,26 +188,65 @@ def encode_pool(vae, n: int) -> tuple:
     return torch.cat(means), torch.cat(stds)
 
 
-def train_unet(means, stds, scale: float, context: torch.Tensor, steps: int, batch: int, log):
+def denoising_loss(unet, latents: torch.Tensor, context: torch.Tensor, noise_schedule,
+                   timesteps=(50, 150, 300, 500, 700, 900)) -> dict:
+    """Held-out noise-prediction MSE of ``unet`` at each timestep (fixed noise, prompt row 0): where a
+    longer or different training helps, and at which noise levels."""
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(9))
+    out = {}
+    with torch.no_grad():
+        for t in timesteps:
+            tt = torch.full((len(latents),), t)
+            pred = torch.cat([unet(noise_schedule.add_noise(z, e, s), s, context[:1].expand(len(z), -1, -1)).sample
+                              for z, e, s in zip(latents.split(64), noise.split(64), tt.split(64))])
+            out[t] = round(float(F.mse_loss(pred, noise)), 5)
+    return out
+
+
+def train_unet(means, stds, scale: float, context: torch.Tensor, steps: int, batch: int, log,
+               init: dict | None = None, lr: float = 1e-3, held_out: torch.Tensor | None = None, eval_every: int = 0,
+               marked: tuple | None = None, marks: float = 0.0):
+    """``init``: a UNet state dict to continue from (a fresh schedule of ``steps``); ``held_out``
+    scaled latents whose :func:`denoising_loss` is logged every ``eval_every`` steps (EMA weights);
+    ``marked``: :func:`encode_marked_pool`'s result, a ``marks`` share of each batch drawn from it."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(2)
     unet = UNet2DConditionModel(**UNET_CONFIG)
+    if init is not None:
+        unet.load_state_dict(init)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     noise_schedule = DDPMScheduler.from_pretrained(ROOT / "dualanodiff_core" / "configs" / "sd15", subfolder="scheduler")
-    opt = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=1e-2)
+    shadow = UNet2DConditionModel(**UNET_CONFIG).eval() if held_out is not None else None
+
+    def evaluate(step):
+        shadow.load_state_dict(ema)
+        log(f"unet step {step} held-out denoising loss (EMA) {json.dumps(denoising_loss(shadow, held_out, context, noise_schedule))}")
+
+    if shadow is not None:
+        evaluate(0)
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
     sched = warmup_cosine(opt, steps)
     gen = torch.Generator().manual_seed(22)
     began = time.perf_counter()
     for step in range(steps):
         idx = torch.randint(len(means), (batch,), generator=gen)
         z = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
+        rows = torch.zeros(batch, dtype=torch.long)
+        if marked is not None:
+            m_means, m_stds, m_rows = marked
+            use = torch.rand(batch, generator=gen) < marks
+            m_idx = torch.randint(len(m_means), (batch,), generator=gen)
+            zm = (m_means[m_idx] + m_stds[m_idx] * torch.randn(m_means[m_idx].shape, generator=gen)) * scale
+            z = torch.where(use[:, None, None, None], zm, z)
+            rows = torch.where(use, m_rows[m_idx], rows)
         flips = torch.rand(2, batch, generator=gen) < 0.5
         z[flips[0]] = z[flips[0]].flip(-1)
         z[flips[1]] = z[flips[1]].flip(-2)
         noise = torch.randn(z.shape, generator=gen)
         t = torch.randint(0, noise_schedule.config.num_train_timesteps, (batch,), generator=gen)
-        cond = context[(torch.rand(batch, generator=gen) < 0.1).long()]  # row 0 = prompt, row 1 = ""
+        drop = torch.rand(batch, generator=gen) < 0.1  # to the empty prompt, row 1
+        cond = context[torch.where(drop, 1, rows)]
         pred = unet(noise_schedule.add_noise(z, noise, t), t, cond).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
@@ -177,6 +260,8 @@ def train_unet(means, stds, scale: float, context: torch.Tensor, steps: int, bat
                 ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay) if v.is_floating_point() else ema[k].copy_(v)
         if step % 200 == 0 or step == steps - 1:
             log(f"unet step {step}/{steps} loss {loss.item():.4f} ({time.perf_counter() - began:.0f}s)")
+        if shadow is not None and eval_every and ((step + 1) % eval_every == 0 or step == steps - 1):
+            evaluate(step + 1)
     unet.load_state_dict(ema)
     return unet.eval().requires_grad_(False)
 
@@ -211,6 +296,14 @@ def main(argv=None) -> int:
     stage = p.add_mutually_exclusive_group()
     stage.add_argument("--vae-only", action="store_true", help="train and write only the autoencoder (to --out/vae)")
     stage.add_argument("--vae", type=Path, help="a model folder written by --vae-only: skip the autoencoder's training")
+    stage.add_argument("--init-unet", type=Path, metavar="MODEL", help="continue training MODEL's UNet on MODEL's "
+                       "autoencoder (a fresh schedule of --unet-steps), e.g. the shipped dualanodiff_core/demo/model")
+    p.add_argument("--unet-lr", type=float, default=1e-3, help="UNet peak learning rate (default: %(default)s)")
+    p.add_argument("--marks", type=float, default=0.0, metavar="SHARE", help="share of UNet training images with "
+                   "marks (thin strokes of any colour but the defects' magenta, over objects or on mid grey; "
+                   f"prompts {MARK_PROMPTS[0]!r} and {MARK_PROMPTS[1]!r}); default 0, objects only")
+    p.add_argument("--eval-every", type=int, default=0, metavar="N", help="log the held-out denoising loss per "
+                   "timestep every N UNet steps (0: never)")
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--batch", type=int, default=32, help="UNet batch")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")
@@ -230,13 +323,13 @@ def main(argv=None) -> int:
     torch.manual_seed(3)
     text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_CONFIG)).eval().requires_grad_(False)
     tokenizer = load_tokenizer(tmp / "tokenizer")
-    ids = tokenizer([PROMPT, ""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    ids = tokenizer([PROMPT, "", *MARK_PROMPTS] if args.marks else [PROMPT, ""], padding="max_length", max_length=77, return_tensors="pt").input_ids
     with torch.no_grad():
         context = text_encoder(ids)[0]
 
-    if args.vae:
+    if args.vae or args.init_unet:
         from diffusers import AutoencoderKL
-        vae = AutoencoderKL.from_pretrained(args.vae, subfolder="vae").eval().requires_grad_(False)
+        vae = AutoencoderKL.from_pretrained(args.vae or args.init_unet, subfolder="vae").eval().requires_grad_(False)
     else:
         vae = train_vae(args.vae_steps, args.vae_batch, log)
     # the shipped VAE is fp16: the UNet learns the latents of the weights users get
@@ -251,7 +344,17 @@ def main(argv=None) -> int:
     scale = float(1 / means.std())
     vae.register_to_config(scaling_factor=round(scale, 5))
     log(f"latent std {means.std():.4f} -> scaling_factor {scale:.5f}")
-    unet = train_unet(means, stds, scale, context, args.unet_steps, args.batch, log)
+    init = None
+    if args.init_unet:
+        from diffusers import UNet2DConditionModel
+        init = UNet2DConditionModel.from_pretrained(args.init_unet, subfolder="unet").to(torch.float32).state_dict()
+    held_out = None
+    if args.eval_every:
+        with torch.no_grad():
+            held_out = vae.encode(world_batch(np.random.default_rng(123), 256)).latent_dist.mean * scale
+    marked = encode_marked_pool(vae, 2048) if args.marks else None
+    unet = train_unet(means, stds, scale, context, args.unet_steps, args.batch, log, init=init, lr=args.unet_lr,
+                      held_out=held_out, eval_every=args.eval_every, marked=marked, marks=args.marks)
 
     for name, model in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
         model.to(torch.float16).save_pretrained(tmp / name, safe_serialization=True)
@@ -262,7 +365,9 @@ def main(argv=None) -> int:
     (tmp / "README.md").write_text(
         f"Tiny SD-shaped base model of the DualAnoDiff demo, trained on normal objects of "
         f"dualanodiff_core/demo/world.py with prompt {PROMPT!r} by scripts/train_tiny_base.py "
-        f"(--vae-steps {args.vae_steps} --unet-steps {args.unet_steps} --vae-batch {args.vae_batch} --batch {args.batch} --threads {args.threads}).\n",
+        f"(--vae-steps {args.vae_steps} --unet-steps {args.unet_steps} --vae-batch {args.vae_batch} --batch {args.batch} --threads {args.threads}"
+        + (f" --init-unet {args.init_unet} --unet-lr {args.unet_lr}" if args.init_unet else "")
+        + (f" --marks {args.marks}" if args.marks else "") + ").\n",
         encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

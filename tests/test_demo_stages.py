@@ -41,6 +41,20 @@ def test_damaged_pairs_score_lower(world):
     assert demo_stages.shape_fidelity(blobs, library).max() < 0.8
 
 
+def test_detail_is_lost_by_blurring_and_ignores_the_background():
+    import torch
+
+    images = np.stack([s.image for s in demo_world.samples(16, seed=8)])
+    crisp = demo_stages.detail(images)
+    blurred = torch.nn.functional.avg_pool2d(torch.from_numpy(images).permute(0, 3, 1, 2), 3, 1, 1)
+    assert demo_stages.detail(blurred.permute(0, 2, 3, 1).numpy()) < 0.7 * crisp
+    flat = np.stack([np.where(s.object_mask[..., None], (0.8, 0.5, 0.2), s.image) for s in demo_world.samples(16, seed=8)])
+    assert demo_stages.detail(flat.astype(np.float32)) < 0.4 * crisp  # only the outline is left (a third)
+    noisy_background = np.where(demo_stages.object_pixels(images)[..., None], images,
+                                np.random.default_rng(0).uniform(0.2, 0.3, images.shape[:-1] + (1,))).astype(np.float32)
+    assert demo_stages.detail(noisy_background) == pytest.approx(crisp, rel=0.05)
+
+
 def test_shipped_vae_keeps_its_measured_alignment_ceiling():
     from dualanodiff_core.formats.base_model import load_base_model
     from dualanodiff_core.demo.run import DEMO_MODEL
@@ -105,13 +119,20 @@ def test_compare_base_models_reports_the_base_model_stage_of_whole_models(tmp_pa
     shutil.copytree(DEMO_MODEL, copy)
     _shift_one_tensor(copy / "unet", "conv_out.bias", 0.5)
 
-    assert _compare_script().main([str(DEMO_MODEL), str(copy), "--threads", "1"]) == 0
+    assert _compare_script().main([str(DEMO_MODEL), str(copy), "--threads", "1", "--defects", "scratch"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert {k: v["differing"] for k, v in report["weights"].items()} == {"vae": 0, "unet": 1, "text_encoder": 0}
     shipped, shifted = report[str(DEMO_MODEL)], report[str(copy)]
     # the README's stage table: the shipped base model's plain samples score 0.890
     assert shipped["base_model"]["shape_fidelity"] == pytest.approx(0.890, abs=0.005)
     assert shipped["base_model"]["object_share"] == 1.0
+    # what the UNet keeps of real objects it is handed: shapes survive t = 300 (0.921, the VAE alone
+    # 0.930) but not t = 700 (0.888, as low as its own samples): it loses the outline at high noise
+    figures = shipped["base_model"]
+    assert figures["real"]["shape_fidelity"] == pytest.approx(0.938, abs=0.005)
+    assert figures["vae_round_trip"]["shape_fidelity"] == pytest.approx(0.930, abs=0.005)
+    assert figures["denoised_from_t300"]["shape_fidelity"] == pytest.approx(0.921, abs=0.005)
+    assert figures["denoised_from_t700"]["shape_fidelity"] == pytest.approx(0.888, abs=0.005)
     assert shipped["vae"] == shifted["vae"] and shipped["scaling_factor"] == shifted["scaling_factor"]
     # a constant 0.5 on every predicted noise value: the samples are no longer world objects
     assert shifted["base_model"]["shape_fidelity"] < shipped["base_model"]["shape_fidelity"] - 0.1

@@ -1,0 +1,29 @@
+"""scripts/train_tiny_base.py --marks: the base model may learn thin marks, never the defects' colour."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from dualanodiff_core.demo import world as demo_world
+
+
+def _script():
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("train_tiny_base", root / "scripts" / "train_tiny_base.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_marked_images_hold_marks_but_never_the_defect_magenta():
+    script = _script()
+    rng = np.random.default_rng(0)
+    drawn = [script.marked_image(rng) for _ in range(200)]
+    images = np.stack([d[0] for d in drawn])
+    kinds = np.array([d[1] for d in drawn])
+    assert not demo_world.defect_pixels(images).any()
+    assert 0.35 < kinds.mean() < 0.65  # over objects and on the canvas, about half each
+    canvas = images[kinds == 1]
+    marked = (np.abs(canvas - 0.5).max(-1) > 0.02).reshape(len(canvas), -1).sum(1)
+    assert marked.min() >= 6 and np.median(marked) < 0.1 * 64 * 64  # every mark is there, and thin
+    assert all(min(c[0], c[2]) - c[1] < 0.05 for c in (script.mark_colour(rng) for _ in range(500)))
