@@ -26,7 +26,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,15 +55,13 @@ def main(argv=None) -> int:
     cfg = config_of(args.demo)
     base = load_base_model(cfg.base_model)
     library = demo_stages.shape_library()
-    real = np.stack([s.image for s in demo_world.samples(64, seed=9)])
     training = [s.mask for s in demo_world.samples(cfg.shots, seed=1000 + cfg.seed, defect=cfg.defect)]
     out = {"defect": cfg.defect}
 
     out["vae_defect_iou"] = demo_stages.vae_defect_iou(base.vae, cfg.defect)
     out["vae_alignment_ceiling"] = demo_stages.vae_alignment_ceiling(base.vae, cfg.defect, cfg.mask_threshold)
-    out["shape_fidelity"] = {"real": round(float(demo_stages.shape_fidelity(real, library).mean()), 4),
-                             "base_model": round(float(demo_stages.shape_fidelity(demo_stages.base_samples(base), library).mean()), 4)}
-    out["base_model"] = demo_stages.base_model_figures(base, library)
+    out["base_model"] = figures = demo_stages.base_model_figures(base, library)
+    out["shape_fidelity"] = {"real": figures["real"]["shape_fidelity"], "base_model": figures["shape_fidelity"]}
     samples = {}
     for variant in demo.VARIANTS:
         root = args.demo / "samples" / variant / "world" / cfg.defect

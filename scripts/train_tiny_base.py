@@ -363,7 +363,8 @@ def main(argv=None) -> int:
     shutil.copy(bundled / "scheduler" / "scheduler_config.json", tmp / "scheduler")
     shutil.copy(bundled / "model_index.json", tmp)
     (tmp / "README.md").write_text(
-        f"Tiny SD-shaped base model of the DualAnoDiff demo, trained on normal objects of "
+        f"Tiny SD-shaped base model of the DualAnoDiff demo, trained on normal objects"
+        + (f" (and {args.marks:.0%} images with marks, prompts {MARK_PROMPTS})" if args.marks else "") + " of "
         f"dualanodiff_core/demo/world.py with prompt {PROMPT!r} by scripts/train_tiny_base.py "
         f"(--vae-steps {args.vae_steps} --unet-steps {args.unet_steps} --vae-batch {args.vae_batch} --batch {args.batch} --threads {args.threads}"
         + (f" --init-unet {args.init_unet} --unet-lr {args.unet_lr}" if args.init_unet else "")

@@ -22,6 +22,7 @@ from . import world as demo_world
 
 # Background pixels are grey (saturation below 0.12), objects and defects saturated (0.45 and more).
 OBJECT_SATURATION = 0.25
+BASE_PROMPT = "a photo of an object"  # the prompt the demo's base model was trained with
 
 
 def object_pixels(images: np.ndarray) -> np.ndarray:
@@ -138,7 +139,7 @@ def vae_alignment_ceiling(vae, defect: str, threshold: float, n: int = 64, seed:
 
 
 @torch.no_grad()
-def base_samples(base, n: int = 64, steps: int = 25, guidance: float = 3.0, prompt: str = "a photo of an object",
+def base_samples(base, n: int = 64, steps: int = 25, guidance: float = 3.0, prompt: str = BASE_PROMPT,
                  seed: int = 5) -> np.ndarray:
     """Plain text-to-image samples of the base model (DDIM), (n, H, W, 3) in [0, 1]."""
     from ..runtime.sampling import encode_prompts, latent_scale, make_scheduler, vae_decode
@@ -165,8 +166,8 @@ def detail(images: np.ndarray) -> float:
     x = torch.nn.functional.avg_pool2d(x, 2)
     kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])[None, None]
     lap = torch.nn.functional.conv2d(x, kernel)[:, 0].abs().numpy()
-    inside = object_pixels(images)[:, ::2, ::2] & object_pixels(images)[:, 1::2, 1::2]
-    inner = inside[:, 1:-1, 1:-1]
+    objects = object_pixels(images)
+    inner = (objects[:, ::2, ::2] & objects[:, 1::2, 1::2])[:, 1:-1, 1:-1]
     return float(lap[inner].mean()) if inner.any() else 0.0
 
 
@@ -177,7 +178,7 @@ def denoised(base, images: np.ndarray, t: int, steps: int = 25, seed: int = 1) -
     good denoiser returns the VAE round trip."""
     from ..runtime.sampling import encode_prompts, make_scheduler, vae_decode, vae_encode
 
-    emb = encode_prompts(base.tokenizer, base.text_encoder, ["a photo of an object"])
+    emb = encode_prompts(base.tokenizer, base.text_encoder, [BASE_PROMPT])
     sched = make_scheduler("ddim", base.scheduler_config)
     sched.set_timesteps(steps)
     timesteps = [s for s in sched.timesteps if s <= t]
@@ -189,12 +190,12 @@ def denoised(base, images: np.ndarray, t: int, steps: int = 25, seed: int = 1) -
     return vae_decode(base.vae, latents).permute(0, 2, 3, 1).numpy()
 
 
-def base_model_figures(base, library: np.ndarray, n_real: int = 32) -> dict:
+def base_model_figures(base, library: np.ndarray, n_real: int = 64) -> dict:
     """What the base model draws and what its UNet keeps, as shape fidelity and :func:`detail` over the
     real world images' detail: its plain samples; ``n_real`` world images through the VAE alone; the
     same images noised to t = 300 (signal still dominant) and 700 and denoised back. Where the round
     trip keeps shapes and detail and the denoised images lose them, the UNet is the limit."""
-    real = np.stack([s.image for s in demo_world.samples(n_real, seed=99)])
+    real = np.stack([s.image for s in demo_world.samples(n_real, seed=9)])
     reference = detail(real)
     samples = base_samples(base)
 
