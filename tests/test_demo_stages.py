@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from dualanodiff_core.demo import stages as demo_stages, world as demo_world
+from repo_scripts import load_script
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +66,7 @@ def test_shipped_vae_keeps_its_measured_alignment_ceiling():
 
 
 def _compare_script():
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("compare_base_models", root / "scripts" / "compare_base_models.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return load_script("compare_base_models")
 
 
 def _shift_one_tensor(folder, name: str, by: float) -> int:

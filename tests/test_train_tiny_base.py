@@ -1,22 +1,12 @@
 """scripts/train_tiny_base.py --marks: the base model may learn thin marks, never the defects' colour."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
 from dualanodiff_core.demo import world as demo_world
-
-
-def _script():
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("train_tiny_base", root / "scripts" / "train_tiny_base.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+from repo_scripts import load_script
 
 
 def test_marked_images_hold_marks_but_never_the_defect_magenta():
-    script = _script()
+    script = load_script("train_tiny_base")
     rng = np.random.default_rng(0)
     drawn = [script.marked_image(rng) for _ in range(200)]
     images = np.stack([d[0] for d in drawn])
