@@ -134,16 +134,9 @@ def marked_image(rng) -> tuple:
 def encode_marked_pool(vae, n: int) -> tuple:
     """Posterior mean and std of ``n`` :func:`marked_image` images, and each one's context row."""
     rng = np.random.default_rng(31)
-    means, stds, rows = [], [], []
-    with torch.no_grad():
-        for start in range(0, n, 128):
-            drawn = [marked_image(rng) for _ in range(min(128, n - start))]
-            x = torch.from_numpy(np.stack([d[0] for d in drawn])).permute(0, 3, 1, 2) * 2 - 1
-            dist = vae.encode(x).latent_dist
-            means.append(dist.mean)
-            stds.append(dist.std)
-            rows += [2 + d[1] for d in drawn]
-    return torch.cat(means), torch.cat(stds), torch.tensor(rows)
+    drawn = [marked_image(rng) for _ in range(n)]
+    images = torch.from_numpy(np.stack([d[0] for d in drawn])).permute(0, 3, 1, 2) * 2 - 1
+    return (*posterior(vae, images.split(128)), torch.tensor([2 + d[1] for d in drawn]))
 
 
 def train_vae(steps: int, batch: int, log) -> torch.nn.Module:
@@ -176,16 +169,21 @@ def train_vae(steps: int, batch: int, log) -> torch.nn.Module:
     return vae.eval().requires_grad_(False)
 
 
-def encode_pool(vae, n: int) -> tuple:
-    """Posterior mean and std of ``n`` normal images (the UNet samples latents from them)."""
-    rng = np.random.default_rng(21)
+def posterior(vae, batches) -> tuple:
+    """Posterior mean and std of the images in ``batches`` (each (k, 3, 64, 64) in [-1, 1])."""
     means, stds = [], []
     with torch.no_grad():
-        for start in range(0, n, 128):
-            dist = vae.encode(world_batch(rng, min(128, n - start))).latent_dist
+        for x in batches:
+            dist = vae.encode(x).latent_dist
             means.append(dist.mean)
             stds.append(dist.std)
     return torch.cat(means), torch.cat(stds)
+
+
+def encode_pool(vae, n: int) -> tuple:
+    """Posterior mean and std of ``n`` normal images (the UNet samples latents from them)."""
+    rng = np.random.default_rng(21)
+    return posterior(vae, (world_batch(rng, min(128, n - start)) for start in range(0, n, 128)))
 
 
 def denoising_loss(unet, latents: torch.Tensor, context: torch.Tensor, noise_schedule,
@@ -309,6 +307,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")
     p.add_argument("--preview", type=Path, help="also write a PNG of base-model samples over world images")
     args = p.parse_args(argv)
+    if not 0 <= args.marks <= 1:
+        p.error(f"--marks is a share of the UNet's training images, between 0 and 1; got {args.marks}")
     torch.set_num_threads(args.threads)
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -323,7 +323,8 @@ def main(argv=None) -> int:
     torch.manual_seed(3)
     text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_CONFIG)).eval().requires_grad_(False)
     tokenizer = load_tokenizer(tmp / "tokenizer")
-    ids = tokenizer([PROMPT, "", *MARK_PROMPTS] if args.marks else [PROMPT, ""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    prompts = [PROMPT, "", *MARK_PROMPTS] if args.marks else [PROMPT, ""]
+    ids = tokenizer(prompts, padding="max_length", max_length=77, return_tensors="pt").input_ids
     with torch.no_grad():
         context = text_encoder(ids)[0]
 
@@ -348,10 +349,7 @@ def main(argv=None) -> int:
     if args.init_unet:
         from diffusers import UNet2DConditionModel
         init = UNet2DConditionModel.from_pretrained(args.init_unet, subfolder="unet").to(torch.float32).state_dict()
-    held_out = None
-    if args.eval_every:
-        with torch.no_grad():
-            held_out = vae.encode(world_batch(np.random.default_rng(123), 256)).latent_dist.mean * scale
+    held_out = posterior(vae, [world_batch(np.random.default_rng(123), 256)])[0] * scale if args.eval_every else None
     marked = encode_marked_pool(vae, 2048) if args.marks else None
     unet = train_unet(means, stds, scale, context, args.unet_steps, args.batch, log, init=init, lr=args.unet_lr,
                       held_out=held_out, eval_every=args.eval_every, marked=marked, marks=args.marks)
