@@ -140,6 +140,7 @@ def run_generate(args) -> int:
 
 def _add_demo(sub) -> None:
     from .demo import world as demo_world
+    from .runtime.sampling import SCHEDULERS
     from .demo.run import DemoConfig
 
     d = DemoConfig()
@@ -159,8 +160,11 @@ def _add_demo(sub) -> None:
     p.add_argument("--rank", type=int, default=d.rank, help="LoRA rank (default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)s; the reference's "
                    "2e-5 needs thousands of steps)")
-    p.add_argument("--sample-steps", type=int, default=d.sample_steps, help="DDIM steps (default: %(default)s)")
-    p.add_argument("--guidance", type=float, default=d.guidance, help="classifier-free guidance (default: %(default)s; the --place stage uses its own measured 6)")
+    p.add_argument("--sample-steps", type=int, default=d.sample_steps, help="sampling steps (default: %(default)s)")
+    p.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=d.scheduler, help="sampler of both generation "
+                   "stages, as generate's --scheduler (default: %(default)s, Euler ancestral: measured against DDIM in "
+                   "the README's demo section)")
+    p.add_argument("--guidance", type=float, default=d.guidance, help="classifier-free guidance of the plain demo (default: %(default)s; the --place stage uses 2.5, measured in the README)")
     p.add_argument("--mask-threshold", type=float, default=d.mask_threshold, help="grey-distance threshold of the "
                    "masks cut out of the anomaly images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
@@ -183,7 +187,7 @@ def run_demo(args) -> int:
     from .demo.run import DemoConfig, run
 
     cfg = DemoConfig(out=args.out, base_model=args.base_model, defect=args.defect, shots=args.shots, pairs=args.pairs,
-                     steps=args.steps, rank=args.rank, lr=args.lr, sample_steps=args.sample_steps,
+                     steps=args.steps, rank=args.rank, lr=args.lr, sample_steps=args.sample_steps, scheduler=args.scheduler,
                      guidance=args.guidance, mask_threshold=args.mask_threshold, seed=args.seed, ablation=not args.no_ablation, evaluate=args.evaluate,
                      place=args.place, cpu=args.cpu)
     print(json.dumps(run(cfg), indent=1))

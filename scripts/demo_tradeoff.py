@@ -3,6 +3,8 @@ other (run it on an otherwise idle machine: the times are the point), and a tabl
 
     .venv/bin/python scripts/demo_tradeoff.py --out /tmp/tradeoff            # all option sets
     .venv/bin/python scripts/demo_tradeoff.py --out /tmp/tradeoff --only shipped rank8
+    .venv/bin/python scripts/demo_tradeoff.py --out /tmp/tradeoff --scheduler ddim --base-model STAGE1
+        # the README's table: DDIM on the STAGE1 base, the settings when the training options were chosen
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from dualanodiff_core.demo import run as demo  # noqa: E402
 
-OPTIONS = {  # every set was run on the shipped base model; "shipped" is DemoConfig's defaults
+OPTIONS = {  # "shipped" is DemoConfig's defaults; --scheduler and --base-model apply to every set
     "shipped": {},
     "rank8_steps400": {"rank": 8, "steps": 400},
     "rank8": {"rank": 8},
@@ -38,10 +40,13 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", choices=tuple(OPTIONS), help="option sets to run (default: all)")
     p.add_argument("--defect", default="scratch")
     p.add_argument("--base-model", type=Path, default=demo.DEMO_MODEL)
+    p.add_argument("--scheduler", default=demo.DemoConfig.scheduler, help="the demo's --scheduler for every set "
+                   "(default: %(default)s)")
     args = p.parse_args(argv)
     rows = {}
     for name in args.only or OPTIONS:
-        cfg = dataclasses.replace(demo.DemoConfig(), out=args.out / name, defect=args.defect, base_model=args.base_model, **OPTIONS[name])
+        cfg = dataclasses.replace(demo.DemoConfig(), out=args.out / name, defect=args.defect, base_model=args.base_model,
+                                  scheduler=args.scheduler, **OPTIONS[name])
         report = demo.run(cfg)
         rows[name] = {"options": OPTIONS[name], "seconds": report["seconds"],
                       **{f"{v}.{k}": report[v].get(k) for v in demo.VARIANTS for k in COLUMNS}}

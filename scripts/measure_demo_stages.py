@@ -41,6 +41,7 @@ THRESHOLDS = (0.1, 0.15, 0.2, 0.3, 0.4)
 
 def config_of(folder: Path) -> demo.DemoConfig:
     saved = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["config"]
+    saved.setdefault("scheduler", "ddim")  # demo runs before the scheduler was an option sampled with DDIM
     fields = {f.name: f for f in dataclasses.fields(demo.DemoConfig)}
     return demo.DemoConfig(**{k: Path(v) if k in ("out", "base_model") else v for k, v in saved.items() if k in fields})
 
@@ -68,6 +69,7 @@ def main(argv=None) -> int:
         if root.is_dir():
             samples[variant] = s = demo.read_samples(root, cfg.pairs)
             out[variant] = {**demo.metrics(s, training), **demo_stages.extraction_stats(s),
+                            **demo_stages.defect_pieces(s["image"]),
                             "shape_fidelity": round(float(demo_stages.shape_fidelity(s["image"], library).mean()), 4)}
     saim = samples["saim"]
     sweep = {}
@@ -81,7 +83,9 @@ def main(argv=None) -> int:
         for steps, guidance in SAMPLING:
             run_cfg = dataclasses.replace(cfg, sample_steps=steps, guidance=guidance)
             root = demo._generate(run_cfg, ckpt, args.demo / "stages" / f"steps{steps}_g{guidance}")
-            rows[f"{steps} steps, guidance {guidance}"] = demo.metrics(demo.read_samples(root, cfg.pairs), training)
+            swept = demo.read_samples(root, cfg.pairs)
+            rows[f"{steps} steps, guidance {guidance}"] = {**demo.metrics(swept, training),
+                                                            **demo_stages.defect_pieces(swept["image"])}
         out["sampling_sweep"] = rows
     (args.demo / "stages.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
     print(json.dumps(out, indent=1))

@@ -6,13 +6,18 @@ diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, sche
                                                      # dualanodiff_core/demo/model (--out that folder to replace it)
     .venv/bin/python scripts/train_tiny_base.py --out /tmp/m --preview /tmp/m.png
 
+The shipped model is two runs: the default recipe (``--out STAGE1``, the model shipped until commit c2a1e90),
+then ``--init-unet STAGE1 --marks 0.3 --unet-steps 4000 --unet-lr 5e-4 --out MODEL`` (39 minutes), which
+continues STAGE1's UNet with thin non-magenta marks in 30 % of its images and keeps its autoencoder and text
+encoder byte for byte.
+
 Deterministic on one machine (seeded, CPU, fixed thread count: two runs give the same bytes), not across
-machines: re-runs on other machines, same torch and diffusers, differed from the shipped weights in every
+machines: re-runs on other machines, same torch and diffusers, differed from STAGE1's weights in every
 tensor of the stage they re-ran, so the shipped files are the reference. What the demo needs of the base
-model does reproduce: ``scripts/compare_base_models.py`` puts a re-run's stage figures beside the shipped
-model's (autoencoder within 0.01 for every defect kind, UNet shape fidelity 0.885 against 0.890; the
+model does reproduce: ``scripts/compare_base_models.py`` puts a re-run's stage figures beside STAGE1's
+(autoencoder within 0.01 for every defect kind, UNet shape fidelity 0.885 against 0.890; the
 README's demo section has the table, and the demo run on a re-run UNet).
-Runtime of the shipped configuration: about 65 minutes on 2 idle CPU cores of the machine that trained it
+Runtime of the default recipe: about 65 minutes on 2 idle CPU cores of the machine that trained it
 (VAE 2500 steps at 0.36 s, UNet 8000 steps at 0.35 s); on a slower one the VAE stage took 28 minutes and
 the UNet stage 85 (0.64 s a step). The two stages can run separately: ``--vae-only --out V`` writes the
 autoencoder, ``--vae V`` trains the UNet on it; the result is the same as one run, because the VAE
@@ -29,7 +34,7 @@ goes through the fp16 it is stored in before the UNet's latents are computed eit
 - UNet: SD's UNet2DConditionModel, three levels (16, 8, 4; 48, 96, 96 channels), cross-attention on the first two and in
   the middle, trained with SD's noise schedule on normal objects only (prompt dropped 10% of the time
   for classifier-free guidance), with an EMA of the weights (the EMA is shipped). Weights stored fp16.
-- Continuing and marks (not part of the shipped recipe): ``--init-unet MODEL`` trains MODEL's UNet further on
+- Continuing and marks (the shipped model's second run): ``--init-unet MODEL`` trains MODEL's UNet further on
   MODEL's autoencoder; ``--marks SHARE`` draws that share of the UNet's images with thin marks of any colour but
   the defects' magenta, over objects or on the mid-grey canvas (prompts :data:`MARK_PROMPTS`), a stand-in for
   the lines and scratches SD 1.5 has seen; ``--eval-every N`` logs :func:`denoising_loss` on held-out objects.

@@ -42,3 +42,12 @@ def test_byte_tokenizer_is_read_by_clip_tokenizer(tmp_path):
     assert ids.shape == (2, 77)
     assert ids[0, :5].tolist() == [BOS_ID, ord("s"), ord("k"), ord("s") + 256, EOS_ID]
     assert ids.max() < VOCAB_SIZE
+
+
+def test_demo_refuses_an_unknown_scheduler_before_anything_is_written(tmp_path):
+    from dualanodiff_core.demo.run import DemoConfig, run
+    from dualanodiff_core.errors import DualAnoDiffError
+
+    with pytest.raises(DualAnoDiffError, match=r"--scheduler 'dpm': choose one of .*euler-a"):
+        run(DemoConfig(out=tmp_path / "demo", scheduler="dpm"))
+    assert not (tmp_path / "demo").exists()

@@ -115,6 +115,20 @@ def test_layout_manifest_and_mvtec(tiny_sd, checkpoints, tmp_path):
         assert np.array_equal(_pixels(tmp_path / "bottle" / "ground_truth" / "scratch" / f"{i:03d}_mask.png"), saved_mask)
 
 
+def test_ancestral_schedulers_draw_each_pairs_step_noise_from_its_own_seed(tiny_sd, checkpoints, tmp_path):
+    # euler-a and ddpm add fresh noise in every step: drawn from the pair's own generator, a pair is the
+    # same in a batch of 3 as alone (drawn from one generator for the batch, pair 1 would differ)
+    for scheduler in ("euler-a", "ddpm"):
+        whole, alone = tmp_path / scheduler / "whole", tmp_path / scheduler / "alone"
+        assert _generate(tiny_sd, checkpoints[False], whole, "-n", "3", "--batch-size", "3", "--scheduler", scheduler) == 0
+        assert _generate(tiny_sd, checkpoints[False], alone, "-n", "3", "--batch-size", "1", "--scheduler", scheduler) == 0
+        for i in range(3):
+            for sub in ("image", "fg"):
+                assert np.array_equal(_pixels(whole / f"bottle/scratch/{sub}/{i}.png"),
+                                      _pixels(alone / f"bottle/scratch/{sub}/{i}.png")), (scheduler, sub, i)
+        assert not np.array_equal(_pixels(whole / "bottle/scratch/image/0.png"), _pixels(whole / "bottle/scratch/image/1.png"))
+
+
 def test_seeds_batches_and_resume(tiny_sd, checkpoints, tmp_path, monkeypatch):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     assert _generate(tiny_sd, checkpoints[False], a, "-n", "4", "--batch-size", "4") == 0

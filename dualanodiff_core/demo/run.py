@@ -51,7 +51,8 @@ class DemoConfig:
     rank: int = 16
     lr: float = 1e-3          # the reference's 2e-5 is meant for 5000 steps on SD 1.5
     pairs_per_step: int = 4
-    sample_steps: int = 15    # DDIM
+    sample_steps: int = 15
+    scheduler: str = "euler-a"  # a name of runtime.sampling.SCHEDULERS, as generate's --scheduler
     guidance: float = 2.5
     mask_threshold: float = 0.2  # the tiny model's grey canvas is noisier than SD 1.5's (generate's default 0.1)
     batch_size: int = 32
@@ -95,7 +96,7 @@ def _generate(cfg: DemoConfig, checkpoint: Path, out: Path) -> Path:
     shutil.rmtree(out, ignore_errors=True)  # samples of an earlier run came from another checkpoint
     return generate(GenerateConfig(
         base_model=cfg.base_model, checkpoint=checkpoint, output_dir=out, object="world", defect=cfg.defect,
-        num_pairs=cfg.pairs, batch_size=cfg.batch_size, scheduler="ddim", steps=cfg.sample_steps,
+        num_pairs=cfg.pairs, batch_size=cfg.batch_size, scheduler=cfg.scheduler, steps=cfg.sample_steps,
         guidance=cfg.guidance, seed=cfg.seed, resolution=64, mask_threshold=cfg.mask_threshold, dtype="fp32",
         cpu=cfg.cpu))
 
@@ -207,6 +208,10 @@ def check_config(cfg: DemoConfig) -> None:
         raise DualAnoDiffError(f"--lr must be above 0, got {cfg.lr}")
     if cfg.defect not in demo_world.DEFECTS:
         raise DualAnoDiffError(f"--defect {cfg.defect!r}: choose one of {', '.join(demo_world.DEFECTS)}")
+    from ..runtime.sampling import SCHEDULERS
+
+    if cfg.scheduler not in SCHEDULERS:
+        raise DualAnoDiffError(f"--scheduler {cfg.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     checks.output_dir(cfg.out, "--out")
     check_base_model(cfg.base_model)
 

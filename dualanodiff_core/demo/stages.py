@@ -140,21 +140,26 @@ def vae_alignment_ceiling(vae, defect: str, threshold: float, n: int = 64, seed:
 
 @torch.no_grad()
 def base_samples(base, n: int = 64, steps: int = 25, guidance: float = 3.0, prompt: str = BASE_PROMPT,
-                 seed: int = 5) -> np.ndarray:
-    """Plain text-to-image samples of the base model (DDIM), (n, H, W, 3) in [0, 1]."""
+                 seed: int = 5, scheduler: str = "ddim") -> np.ndarray:
+    """Plain text-to-image samples of the base model (``scheduler``: a name of
+    ``runtime.sampling.SCHEDULERS``), (n, H, W, 3) in [0, 1]."""
+    import inspect
+
     from ..runtime.sampling import encode_prompts, latent_scale, make_scheduler, vae_decode
 
     emb = encode_prompts(base.tokenizer, base.text_encoder, [prompt, ""])
-    sched = make_scheduler("ddim", base.scheduler_config)
+    sched = make_scheduler(scheduler, base.scheduler_config)
     sched.set_timesteps(steps)
     side = demo_world.SIZE // latent_scale(base.vae)
     latents = torch.randn((n, base.unet.config.in_channels, side, side), generator=torch.Generator().manual_seed(seed))
     latents = latents * sched.init_noise_sigma
+    stochastic = "generator" in inspect.signature(sched.step).parameters
+    step_kwargs = {"generator": torch.Generator().manual_seed(seed + 1)} if stochastic else {}
     for t in sched.timesteps:
-        out = base.unet(torch.cat([latents, latents]), t,
-                        torch.cat([emb[1:].expand(n, -1, -1), emb[:1].expand(n, -1, -1)])).sample
+        model_in = sched.scale_model_input(torch.cat([latents, latents]), t)
+        out = base.unet(model_in, t, torch.cat([emb[1:].expand(n, -1, -1), emb[:1].expand(n, -1, -1)])).sample
         uncond, cond = out.chunk(2)
-        latents = sched.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
+        latents = sched.step(uncond + guidance * (cond - uncond), t, latents, **step_kwargs).prev_sample
     return vae_decode(base.vae, latents).permute(0, 2, 3, 1).numpy()
 
 
@@ -192,9 +197,10 @@ def denoised(base, images: np.ndarray, t: int, steps: int = 25, seed: int = 1) -
 
 def base_model_figures(base, library: np.ndarray, n_real: int = 64) -> dict:
     """What the base model draws and what its UNet keeps, as shape fidelity and :func:`detail` over the
-    real world images' detail: its plain samples; ``n_real`` world images through the VAE alone; the
-    same images noised to t = 300 (signal still dominant) and 700 and denoised back. Where the round
-    trip keeps shapes and detail and the denoised images lose them, the UNet is the limit."""
+    real world images' detail: its plain samples (DDIM, and Euler ancestral); ``n_real`` world images
+    through the VAE alone; the same images noised to t = 300 (signal still dominant) and 700 and denoised
+    back. Where the round trip keeps shapes and detail and the denoised images lose them, the UNet is the
+    limit."""
     real = np.stack([s.image for s in demo_world.samples(n_real, seed=9)])
     reference = detail(real)
     samples = base_samples(base)
@@ -205,5 +211,7 @@ def base_model_figures(base, library: np.ndarray, n_real: int = 64) -> dict:
 
     shows_object = object_pixels(samples).reshape(len(samples), -1).any(1)
     return {**figures(samples), "object_share": round(float(shows_object.mean()), 4),
+            # the same noise through Euler ancestral, the demo's sampler: fresh noise in every step
+            "samples_euler_ancestral": figures(base_samples(base, scheduler="euler-a")),
             "real": figures(real), "vae_round_trip": figures(vae_round_trip(base.vae, real)),
             **{f"denoised_from_t{t}": figures(denoised(base, real, t)) for t in (300, 700)}}

@@ -170,8 +170,10 @@ def sample_pairs(
     held = [_Held(rows, k, noise) for rows, k in ((0, keep), (1, keep_anomaly)) if k is not None]
     for h in held:
         latents = h.start(latents, scheduler, scheduler.timesteps[0])
-    # ancestral/stochastic schedulers draw noise in step(); others take no generator
-    step_kwargs = {"generator": generators[0]} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    # ancestral/stochastic schedulers draw noise in step(), here each pair's two rows from the pair's own
+    # generator (the rows are interleaved), so that a pair does not depend on the batch it ran in
+    step_kwargs = ({"generator": [g for g in generators for _ in range(2)]}
+                   if "generator" in inspect.signature(scheduler.step).parameters else {})
     use_cfg = guidance != 1.0
     context = pair_context(cond[0], cond[1], n)
     if use_cfg:
