@@ -7,7 +7,8 @@
   world's texture and edge detail (:func:`detail`)? And what does its UNet keep of a real object handed
   to it half noised (:func:`denoised`)? (:func:`base_model_figures`)
 - Few-shot training and sampling: defect area, stray defect colour and how many pieces the defect is
-  broken into, in generated global images against the training images (:func:`generated_stats`).
+  broken into, in generated global images against the training images (:func:`defect_area_ratio`,
+  :func:`stray_defect_colour`, :func:`defect_pieces`).
 - Mask extraction: the extracted mask against the anomaly image's own defect pixels, separately from
   how well the two branches agree (:func:`extraction_stats`).
 
@@ -71,12 +72,6 @@ def defect_pieces(images: np.ndarray) -> dict:
     if not len(pieces):
         return {"mean_pieces": 0.0, "one_piece_share": 0.0}
     return {"mean_pieces": round(float(pieces.mean()), 4), "one_piece_share": round(float(np.mean(pieces == 1)), 4)}
-
-
-def generated_stats(samples: dict, training_masks) -> dict:
-    return {"defect_area_ratio": round(defect_area_ratio(samples["image"], training_masks), 4),
-            "stray_defect_colour": round(stray_defect_colour(samples["image"], samples["mask"]), 4),
-            **defect_pieces(samples["image"])}
 
 
 def extraction_stats(samples: dict) -> dict:
