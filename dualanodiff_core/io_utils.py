@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Callable
 
@@ -16,8 +16,7 @@ def atomic_write(path: Path, write: Callable[[str], None], overwrite: bool = Fal
     if path.exists() and not overwrite:
         raise DualAnoDiffError(f"{path} already exists; choose another output or pass --overwrite")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = new_temporary(path)
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -27,9 +26,31 @@ def atomic_write(path: Path, write: Callable[[str], None], overwrite: bool = Fal
     return path
 
 
-def atomic_save_safetensors(tensors: dict, path: Path, metadata: dict | None = None, overwrite: bool = False) -> Path:
-    from safetensors.torch import save_file
+def new_temporary(path: Path, folder: bool = False) -> str:
+    """A new empty file (or ``folder``) beside ``path``, created as a plain ``open()`` / ``mkdir`` creates
+    them (mode 666 / 777 less the umask; ``tempfile.mkstemp`` / ``mkdtemp`` give 600 / 700, which the
+    rename into place would pass on to the result, unreadable for other accounts)."""
+    path = Path(path)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            if folder:
+                tmp.mkdir()
+            else:
+                open(tmp, "xb").close()
+            return str(tmp)
+        except FileExistsError:
+            continue
 
-    return atomic_write(
-        path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata), overwrite
-    )
+
+def safetensors_bytes(tensors: dict, metadata: dict | None = None) -> bytes:
+    """The ``.safetensors`` file of ``tensors`` as bytes, for writing with a plain ``open()``
+    (safetensors' own ``save_file`` creates its files with mode 600 whatever the umask)."""
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+
+
+def atomic_save_safetensors(tensors: dict, path: Path, metadata: dict | None = None, overwrite: bool = False) -> Path:
+    data = safetensors_bytes(tensors, metadata)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), overwrite)

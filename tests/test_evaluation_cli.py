@@ -234,6 +234,9 @@ def _bad_inputs(root):
     for p in (empty / "mask").iterdir():
         Image.fromarray(np.zeros((64, 64), np.uint8)).save(p)
     (root / "bad" / "weights").mkdir()
+    elsewhere = root / "bad" / "elsewhere" / "bottle" / "scratch"  # a manifest naming files not in image/
+    shutil.copytree(world_pairs(root), elsewhere)
+    (elsewhere / "manifest.jsonl").write_text(json.dumps({"index": 0, "files": {"image": "b/s/image/x_0.png"}}) + "\n")
 
 
 def world_pairs(root):
@@ -245,6 +248,7 @@ BAD = [
     ("--synthetic {bad}/small", "small/bottle/scratch/mask/3.png is 16x16 but its image"),
     ("--synthetic {bad}/empty", "every mask is empty"),
     ("--synthetic {bad}/missing", "missing does not exist"),
+    ("--synthetic {bad}/elsewhere", "manifest.jsonl lists samples x_0 but"),
     ("--synthetic {oracle} --inception-weights {bad}/weights/pt_inception.pth", "pt_inception.pth does not exist"),
     ("--synthetic {oracle} --lpips-weights {bad}/weights/vgg.pth", "needs the VGG16 backbone too: --vgg-weights"),
     ("--synthetic {oracle} --metric-weights {bad}/weights", "vgg16-397923af.pth"),

@@ -109,6 +109,23 @@ def test_manifest_lists_the_finished_samples(tmp_path):
     assert [p.name for p, _ in found["scratch"]] == ["0.png", "2.png"]
 
 
+def test_manifest_names_the_files_whatever_their_numbering(tmp_path):
+    leaf = _pairs_set(tmp_path / "padded", n=3)
+    for kind in ("image", "fg", "mask"):
+        for i in range(3):
+            (leaf / kind / f"{i}.png").rename(leaf / kind / f"{i:04d}.png")
+    files = [{"index": i, "files": {k: f"bottle/scratch/{k}/{i:04d}.png" for k in ("image", "fg", "mask")}}
+             for i in (0, 2)]
+    (leaf / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in files))
+    assert [p.name for p, _ in find_pairs(tmp_path / "padded", "bottle")["scratch"]] == ["0000.png", "0002.png"]
+    (leaf / "manifest.jsonl").write_text("".join(json.dumps({"index": i}) + "\n" for i in (1, 2)))
+    assert [p.name for p, _ in find_pairs(tmp_path / "padded", "bottle")["scratch"]] == ["0001.png", "0002.png"]
+    (leaf / "manifest.jsonl").write_text(json.dumps({"index": 0, "files": {"image": "x/image/a.png"}}) + "\n")
+    with pytest.raises(DualAnoDiffError, match=r"manifest.jsonl lists samples a but .*image holds 0000.png, "
+                                               r"0001.png, 0002.png: no listed sample has its image there"):
+        find_pairs(tmp_path / "padded", "bottle")
+
+
 def test_bad_sets_are_refused_naming_the_file(tmp_path):
     leaf = _pairs_set(tmp_path / "nomask", n=2)
     shutil.rmtree(leaf / "mask")

@@ -191,17 +191,69 @@ def test_cli_places_defects_inside_regions_and_keeps_every_other_pixel(tiny_sd, 
     (["--regions", "{regions_small}"], "region is 32x32 pixels but the image is 80x56"),
     (["--regions", "{regions_empty}"], "the region is empty"),
     ([], "needs where the defects may go"),
-], ids=["box-past-edge", "box-format", "region-size", "region-empty", "no-region"])
+    (["--regions", "{regions_text}"], "--regions: {regions_text}/n0.png is not an image PIL can read; remove it"),
+    (["--on-images", "{images_text}", "--box", "1,1,4,4"],
+     "--on-images: {images_text}/notes.png is not an image PIL can read; remove it"),
+], ids=["box-past-edge", "box-format", "region-size", "region-empty", "no-region", "region-not-an-image",
+        "image-not-an-image"])
 def test_cli_placement_bad_input(tiny_sd, checkpoint, tmp_path, capsys, extra, message):
     _normal_images(tmp_path / "normal", [(80, 56)])
     for name, region in (("regions_small", np.ones((32, 32), np.uint8) * 255), ("regions_empty", np.zeros((56, 80), np.uint8))):
         (tmp_path / name).mkdir()
         Image.fromarray(region).save(tmp_path / name / "n0.png")
-    extra = [x.format(regions_small=tmp_path / "regions_small", regions_empty=tmp_path / "regions_empty") for x in extra]
+    (tmp_path / "regions_text").mkdir()
+    (tmp_path / "regions_text" / "n0.png").write_text("a region drawn in words")
+    _normal_images(tmp_path / "images_text", [(80, 56)])
+    (tmp_path / "images_text" / "notes.png").write_text("not a picture")
+    names = {k: tmp_path / k for k in ("regions_small", "regions_empty", "regions_text", "images_text")}
+    extra = [x.format(**names) for x in extra]
     code = _generate(tiny_sd, checkpoint, tmp_path / "out", "--on-images", str(tmp_path / "normal"), *extra)
+    err = capsys.readouterr().err
     assert code == 2
-    assert message in capsys.readouterr().err
+    assert message.format(**names) in err
+    assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_placement_continues_only_on_the_images_it_was_made_from(tiny_sd, checkpoint, tmp_path, capsys):
+    folder = tmp_path / "normal"
+    images = _normal_images(folder, [(64, 64), (64, 64)])
+    (folder / "n0.png").rename(folder / "001.png")
+    (folder / "n1.png").rename(folder / "001_crop.png")
+    (folder / "notes.txt").write_text("shot on the second line")
+    out = tmp_path / "out"
+    place = ("--on-images", str(folder), "--box", "8,8,24,24")
+    assert _generate(tiny_sd, checkpoint, out, *place) == 0
+    assert "skipped 1 file(s) that are not images by their name (notes.txt)" in capsys.readouterr().err
+    manifest = out / "part" / "dent" / "manifest.jsonl"
+    before = manifest.read_text()
+    # an image added before the others would shift every later pair onto another image: refused, named
+    Image.fromarray(images["n0.png"][::-1]).save(folder / "000.png")
+    assert _generate(tiny_sd, checkpoint, out, *place) == 2
+    err = capsys.readouterr().err
+    assert "was made from other images than --on-images" in err
+    assert "added before the last one used: 000.png" in err
+    assert "pair 0 was made from 001.png, now it would be 000.png" in err
+    (folder / "000.png").unlink()
+    # an image whose pixels changed under the same name: refused
+    Image.fromarray(images["n1.png"][:, ::-1]).save(folder / "001_crop.png")
+    assert _generate(tiny_sd, checkpoint, out, *place) == 2
+    assert "changed: 001_crop.png" in capsys.readouterr().err
+    assert manifest.read_text() == before
+    Image.fromarray(images["n1.png"]).save(folder / "001_crop.png")
+    # an image added after the others continues the dataset exactly as one run on the final folder makes it
+    Image.fromarray(images["n0.png"][:, ::-1]).save(folder / "002.png")
+    assert _generate(tiny_sd, checkpoint, out, *place) == 0
+    assert _generate(tiny_sd, checkpoint, tmp_path / "one_run", *place) == 0
+    continued = [json.loads(x) for x in manifest.read_text().splitlines()]
+    one_run = [json.loads(x) for x in (tmp_path / "one_run" / "part" / "dent" / "manifest.jsonl").read_text().splitlines()]
+    assert [(e["index"], e["source"], e["variation"]) for e in continued] == [
+        (0, "001.png", 0), (1, "001_crop.png", 0), (2, "002.png", 0)]
+    assert continued == one_run
+    for i in range(3):
+        for kind in ("image", "mask"):
+            assert (out / "part" / "dent" / kind / f"{i}.png").read_bytes() == \
+                (tmp_path / "one_run" / "part" / "dent" / kind / f"{i}.png").read_bytes()
 
 
 def test_auto_region_is_a_training_defect_sized_box_on_the_object():

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import DualAnoDiffError
+from ..torch_files import load_weights_pickle
 
 SIZE = 299
 CLASSES = 1008
@@ -180,11 +181,8 @@ def resize_tf1(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def load_inception(path: Path, device="cpu") -> InceptionV3:
     model = InceptionV3()
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DualAnoDiffError(f"--inception-weights {path}: not a readable PyTorch weights file ({exc}); give "
-                               "pt_inception-2015-12-05-6726825d.pth or weights-inception-2015-12-05-6726825d.pth") from None
+    state = load_weights_pickle(path, f"--inception-weights {path}", "give pt_inception-2015-12-05-6726825d.pth "
+                                "or weights-inception-2015-12-05-6726825d.pth")
     wanted = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     bad = [k for k, v in wanted.items() if k not in state or tuple(state[k].shape) != tuple(v.shape)]
     if bad:

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import DualAnoDiffError
+from ..torch_files import load_weights_pickle
 
 # VGG16 'D' configuration: channels, 'M' = max-pool
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
@@ -71,10 +72,7 @@ class LPIPSVGG(nn.Module):
 
 
 def _load(path: Path, what: str, flag: str) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DualAnoDiffError(f"{flag} {path}: not a readable PyTorch weights file ({exc}); give the {what}") from None
+    state = load_weights_pickle(path, f"{flag} {path}", f"give the {what}")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

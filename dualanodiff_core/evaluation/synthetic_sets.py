@@ -71,20 +71,28 @@ def _choose(groups: dict, category: str, root: Path, what: str):
                            f"{category!r}; give the folder of one of them")
 
 
-def _manifest_indices(leaf: Path) -> set | None:
+def _manifest_names(leaf: Path) -> set | None:
+    """Stems of the image files ``manifest.jsonl`` lists as finished: the names its ``files`` give,
+    else each ``index`` (``7`` names ``7.png``, ``0007.png`` ...); None without a manifest."""
     manifest = leaf / "manifest.jsonl"
     if not manifest.is_file():
         return None
-    indices = set()
+    names = set()
     for line in manifest.read_text(encoding="utf-8").splitlines():
         if line.strip():
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 raise DualAnoDiffError(f"{manifest}: a line is not JSON; repair or remove the file") from None
-            if "index" in entry:
-                indices.add(str(entry["index"]))
-    return indices or None
+            if isinstance(entry.get("files"), dict) and "image" in entry["files"]:
+                names.add(Path(entry["files"]["image"]).stem)
+            elif "index" in entry:
+                names.add(str(entry["index"]))
+    return names or None
+
+
+def _listed(image: Path, names: set) -> bool:
+    return image.stem in names or (image.stem.isdigit() and str(int(image.stem)) in names)
 
 
 def _pairs_leaf(leaf: Path) -> list:
@@ -94,9 +102,17 @@ def _pairs_leaf(leaf: Path) -> list:
                                "image/mask pairs; give a set written with its masks (generate writes mask/)")
     masks = {p.stem: p for p in image_files(mask_dir)}
     images = sorted(image_files(leaf / "image"), key=natural_key)
-    listed = _manifest_indices(leaf)
+    listed = _manifest_names(leaf)
     if listed is not None:
-        images = [p for p in images if p.stem in listed]
+        found = images
+        images = [p for p in images if _listed(p, listed)]
+        if found and not images:
+            expected = sorted(listed, key=natural_key)
+            raise DualAnoDiffError(
+                f"{leaf / 'manifest.jsonl'} lists samples {', '.join(expected[:5])}{' ...' if len(expected) > 5 else ''}"
+                f" but {leaf / 'image'} holds {', '.join(p.name for p in found[:5])}"
+                f"{' ...' if len(found) > 5 else ''}: no listed sample has its image there; give the folder the "
+                "manifest was written with, or remove the manifest to use every image")
     missing = [str(p) for p in images if p.stem not in masks]
     if missing:
         raise DualAnoDiffError(f"no mask in {mask_dir} for: {', '.join(missing[:5])}"

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DualAnoDiffError
+from ..torch_files import load_weights_pickle
 
 BUNDLED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sd15"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
@@ -50,17 +51,14 @@ def read_state_dict(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise BaseModelError(f"base model file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise BaseModelError(
-            f"cannot read {path} ({str(exc).splitlines()[0]}); it may be truncated, or a pickle holding more "
-            "than tensors (refused for safety: convert it to .safetensors)"
-        ) from None
+        except Exception as exc:
+            raise BaseModelError(f"cannot read {path} ({str(exc).splitlines()[0]}); it may be truncated") from None
+    state = load_weights_pickle(path, str(path), "give the model as .safetensors", BaseModelError)
     while isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     return {k: v for k, v in state.items() if torch.is_tensor(v)}

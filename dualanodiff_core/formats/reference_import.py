@@ -4,7 +4,6 @@ Key layout: reference-method.md section 7. Pickles are read only with ``weights_
 """
 from __future__ import annotations
 
-import pickle
 import re
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 
 from .checkpoint import DualAnoDiffCheckpoint, make_metadata, read_safetensors, validate
 from ..errors import CheckpointError
+from ..torch_files import load_weights_pickle
 
 _UNET = re.compile(r"^(?:unet\.)?(?P<path>.+\.attn[12])\.processor\.(?:chained_proc\.)?(?P<name>.+)$")
 _LORA = re.compile(r"^to_(?P<t>q|k|v|out)_lora\.(?P<b>[01])\.(?P<part>down|up)\.weight$")
@@ -39,15 +39,8 @@ def read_reference_file(path: Path) -> dict:
         return read_safetensors(path)[0]
     if not path.is_file():
         raise CheckpointError(f"reference checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path} holds Python objects other than plain tensors, refused for safety "
-            f"(only weights_only pickles are read): {str(exc).splitlines()[0]}"
-        ) from None
-    except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable PyTorch weights file ({exc}); it may be truncated") from None
+    state = load_weights_pickle(path, str(path), "give a .safetensors file or a pickle of plain tensors",
+                                CheckpointError)
     if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
         raise CheckpointError(f"{path} does not hold a flat dict of named tensors, so it is no reference checkpoint")
     return state

@@ -18,7 +18,7 @@ import torch
 from .. import checks
 from .backgrounds import background_latents, encode_backgrounds
 from .dataset_layout import check_names, mvtec_paths, pair_paths
-from .placement import regions_setting, run_sources
+from .placement import check_same_sources, regions_setting, run_sources
 from ..runtime.dtypes import torch_dtype
 from ..errors import DualAnoDiffError
 from ..masks.methods import MASK_METHODS, METHODS, check_mask_method
@@ -277,6 +277,8 @@ def prepare(args) -> GenerateRun:
     checks.same_settings(recorded_settings(done), settings, root,
                          "continue it with the same settings, or choose another --output-dir, --object or --defect")
     sources = run_sources(args, bcm) if args.on_images is not None else None
+    if sources:
+        check_same_sources(done, sources, args.on_images, root)
     total = len(sources) if sources else args.num_pairs
     return GenerateRun(args, ckpt, root, guidance, settings, done, total=total, bcm=bcm, sources=sources)
 

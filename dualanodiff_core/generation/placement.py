@@ -14,6 +14,8 @@ training defect's size at a random place on the object, cut to the object.
 """
 from __future__ import annotations
 
+import hashlib
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DualAnoDiffError
+from ..training.data import IMAGE_SUFFIXES, _images
 
 
 def check_region(region: np.ndarray, image_shape: tuple, where: str, allow_empty: bool = False) -> np.ndarray:
@@ -97,6 +100,7 @@ class PlacementSource:
     region: np.ndarray  # bool (H, W)
     region_from: str    # the region file's name, or "box x,y,w,h"
     object_mask: np.ndarray | None = None  # bool (H, W), where --region auto or BCM needs the object
+    digest: str = ""    # of the image's pixels, so that a continued dataset is known to use the same image
 
     def object_at_resolution(self, size: int) -> torch.Tensor:
         """(1, size, size) float 0/1: the object mask resized for the model (bilinear, kept at >= 0.5)."""
@@ -140,14 +144,9 @@ def box_region(box: tuple, shape: tuple, where: str) -> np.ndarray:
 def defect_sizes(training_masks: Path) -> np.ndarray:
     """``(K, 2)`` float: each training mask's defect bounding box (height, width) as a share of its image's
     (height, width). Empty masks are skipped; none left is an error naming the folder."""
-    from PIL import Image
-
-    from ..training.data import _images
-
     sizes = []
     for path in _images(Path(training_masks)):
-        with Image.open(path) as im:
-            mask = np.asarray(im.convert("L")) > 127
+        mask = read_image(path, "L", "--training-masks") > 127
         if mask.any():
             rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
             sizes.append(((rows[-1] - rows[0] + 1) / mask.shape[0], (cols[-1] - cols[0] + 1) / mask.shape[1]))
@@ -197,42 +196,55 @@ def placement_sources(on_images: Path, regions: Path | None, box: str | None) ->
     """Every image of ``on_images`` with its region (a mask file named like it in ``regions``, or the box;
     ``regions`` None and ``box`` None: no region yet, see :func:`with_auto_regions`), checked; nothing
     is written."""
-    from PIL import Image
-
-    from ..training.data import _images
-
     files = _images(Path(on_images))
+    skipped = sorted(p.name for p in Path(on_images).iterdir() if p.is_file() and p not in files
+                     and not p.name.startswith("."))
+    if skipped:
+        print(f"generate: --on-images {on_images}: skipped {len(skipped)} file(s) that are not images by their "
+              f"name ({', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}); images end in "
+              f"{', '.join(sorted(IMAGE_SUFFIXES))}", file=sys.stderr)
     if not files:
         raise DualAnoDiffError(f"no images in --on-images {on_images}")
     parsed_box = parse_box(box) if box is not None else None
     sources = []
     for path in files:
-        with Image.open(path) as im:
-            image = np.asarray(im.convert("RGB"))
+        image = read_image(path, "RGB", "--on-images")
         if parsed_box is not None:
             region, region_from = box_region(parsed_box, image.shape, str(path)), f"box {box}"
         elif regions is not None:
             region_file = _region_file(Path(regions), path, "--regions")
-            with Image.open(region_file) as im:
-                region = check_region(np.asarray(im.convert("L")), image.shape, str(region_file))
+            region = check_region(read_image(region_file, "L", "--regions"), image.shape, str(region_file))
             region_from = region_file.name
         else:
             region, region_from = None, "auto"
-        sources.append(PlacementSource(path.name, image, region, region_from))
+        sources.append(PlacementSource(path.name, image, region, region_from,
+                                       digest=hashlib.sha256(image.tobytes()).hexdigest()[:16]))
     return sources
+
+
+def read_image(path: Path, mode: str, flag: str) -> np.ndarray:
+    """The image file's pixels in PIL ``mode`` ("RGB", "L"); a file that is not a readable image is a
+    clear error naming it and ``flag``."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert(mode))
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        reason = "not an image PIL can read" if "cannot identify" in str(exc) else f"unreadable ({exc})"
+        raise DualAnoDiffError(f"{flag}: {path} is {reason}; remove it from the folder or replace it with a "
+                               "PNG/JPEG image") from None
 
 
 def object_masks_of(sources: list, object_masks: Path | None, u2net=None, threshold: float = 0.1) -> list:
     """(H, W) bool object mask per source: a file named like the image in ``object_masks``, else U-2-Net's
     saliency above 0.5 (``u2net``: a loaded model), else :func:`threshold_object_mask`."""
-    from PIL import Image
-
     masks = []
     for s in sources:
         if object_masks is not None:
             path = _region_file(Path(object_masks), Path(s.name), "--object-masks")
-            with Image.open(path) as im:
-                masks.append(check_region(np.asarray(im.convert("L")), s.image.shape, str(path), allow_empty=True))
+            masks.append(check_region(read_image(path, "L", "--object-masks"), s.image.shape, str(path),
+                                      allow_empty=True))
         elif u2net is not None:
             from ..masks.u2net import saliency
 
@@ -277,7 +289,8 @@ def placed_pair(pair: dict, source: PlacementSource, variation: int) -> dict:
     fg = np.asarray(Image.fromarray(pair["fg"]).resize((w, h), Image.BICUBIC))
     mask = np.asarray(Image.fromarray(pair["mask"]).resize((w, h), Image.NEAREST))
     mask = mask_in_region(mask, source.region)
-    extra = {"source": source.name, "region": source.region_from, "variation": variation}
+    extra = {"source": source.name, "source_digest": source.digest, "region": source.region_from,
+             "variation": variation}
     return {"image": paste_back(generated, source.image, source.region), "fg": fg, "mask": mask,
             "empty": bool(pair["empty"] or not mask.any()), "extra": extra}
 
@@ -298,6 +311,33 @@ def run_sources(args, bcm: bool) -> list:
         return [s for s in sources for _ in range(args.variations)]
     return with_auto_regions(sources, defect_sizes(args.training_masks), args.variations, args.seed,
                              region_grow(args))
+
+
+def check_same_sources(done: dict, sources: list, on_images: Path, root: Path) -> None:
+    """Refuse to continue a placed dataset whose finished pairs were made from other images than the ones
+    their indices now give (``sources``: one per pair): an image added before others, removed or changed
+    since would shift every later pair onto another image. Images added after all the others in name
+    order continue it exactly as one run on the final folder would."""
+    wrong = [i for i, e in sorted(done.items()) if "source" in e and (
+        i >= len(sources) or e["source"] != sources[i].name or e.get("source_digest", sources[i].digest)
+        != sources[i].digest)]
+    if not wrong:
+        return
+    recorded = {e["source"]: e.get("source_digest") for e in done.values() if "source" in e}
+    now = {s.name: s.digest for s in sources}
+    last = max(recorded)
+    changes = [f"{label}: {', '.join(names)}" for label, names in (
+        ("added before the last one used", sorted(n for n in now if n not in recorded and n < last)),
+        ("removed", sorted(n for n in recorded if n not in now)),
+        ("changed", sorted(n for n in recorded if n in now and recorded[n] not in (None, now[n]))),
+    ) if names]
+    i = wrong[0]
+    pair = f"pair {i} was made from {done[i]['source']}, " + (
+        f"now it would be {sources[i].name}" if i < len(sources) and sources[i].name != done[i]["source"]
+        else "which is no longer the same image" if i < len(sources) else "which no longer exists")
+    raise DualAnoDiffError(f"{root} was made from other images than --on-images {on_images} holds now "
+                           f"({'; '.join(changes) or pair}; {pair}): continuing would mix two datasets; restore "
+                           "the folder as it was, or choose another --output-dir, --object or --defect")
 
 
 def region_grow(args) -> float:

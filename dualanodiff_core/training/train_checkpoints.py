@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ..errors import DualAnoDiffError
+from ..io_utils import new_temporary, safetensors_bytes
 
 PREFIX = "step-"
 
@@ -24,14 +24,13 @@ def checkpoint_dirs(output_dir: Path) -> list:
 
 
 def save_training_checkpoint(output_dir: Path, step: int, trainable: dict, optimizer, keep: int, extra: dict) -> Path:
-    from safetensors.torch import save_file
-
     root = Path(output_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    tmp = Path(new_temporary(final, folder=True))
     try:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
+        (tmp / "trainable.safetensors").write_bytes(
+            safetensors_bytes({k: v.detach().float().cpu() for k, v in trainable.items()}))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=1), encoding="utf-8")
         if final.exists():
