@@ -257,6 +257,9 @@ BAD = [
     ("--synthetic {oracle} --defects crack", "--defects crack: not in"),
     ("--synthetic {oracle} --seeds 1 1", "each seed once"),
     ("--synthetic {oracle} --images {oracle}", "exclude each other"),
+    ("--synthetic {oracle} --mix-real 1", "--mix-real must lie in (0, 1), got 1.0"),
+    ("--mix-real --baselines real-only", "--mix-real mixes the real shots into the other sets and there is none"),
+    ("--synthetic a={oracle} --placed a={oracle}", "two synthetic sets are named 'a'"),
 ]
 
 
@@ -298,3 +301,72 @@ def test_generation_metrics_join_the_table(world, tmp_path):
     assert m["sets"]["oracle"]["description"]["used_pairs"] == 4
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| IS | IC-LPIPS |" in report
+
+
+def _placed_copy(world):
+    """The oracle's pairs as generate --on-images records them (its manifest names the images placed on)."""
+    placed = world["root"] / "placed_set"
+    if not placed.exists():
+        leaf = placed / "bottle" / "scratch"
+        shutil.copytree(world_pairs(world["root"]), leaf)
+        lines = [dict(json.loads(x), on_images="normal", source=f"{i}.png")
+                 for i, x in enumerate((leaf / "manifest.jsonl").read_text().splitlines())]
+        (leaf / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    return placed
+
+
+def _mixed_run(world, out, *sets):
+    argv = ["evaluate", "--mvtec", str(world["cat"]), *sets, "--mix-real", "--baselines", "real-only",
+            "--output-dir", str(out), *TINY]
+    argv[argv.index("--epochs") + 1] = "2"
+    assert main(argv) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for s in m["sets"].values():
+        for run in s["seeds"].values():
+            run["training"].pop("train_seconds")
+    return m
+
+
+def test_real_shots_mixed_with_generated_and_placed_sets(world, tmp_path, capsys):
+    placed = _placed_copy(world)
+    sets = ["--synthetic", f"oracle={world['oracle']}", "--synthetic", f"placed={placed}"]
+    first = _mixed_run(world, tmp_path / "a", *sets)
+    assert list(first["sets"]) == ["oracle", "placed", "real-only", "real+oracle", "real+placed"]
+    kinds = {n: (s["kind"], s["description"].get("mixed_kind"), s["description"].get("real_share"))
+             for n, s in first["sets"].items()}
+    assert kinds == {"oracle": ("synthetic", None, None), "placed": ("placed", None, None),
+                     "real-only": ("real-only", None, None), "real+oracle": ("mixed", "synthetic", 0.5),
+                     "real+placed": ("mixed", "placed", 0.5)}
+    out = capsys.readouterr().out
+    assert out.index("| 4 real shots alone |") < out.index("| real shots + generated set oracle (50 % real) |") \
+        < out.index("| real shots + placed set placed (50 % real) |") < out.index("| oracle |")
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert report.index("Do the generated pairs help your 4 real defects?") < report.index("## Each set alone")
+    # same command, same numbers (and maps)
+    assert _mixed_run(world, tmp_path / "b", *sets) == first
+    # a set's numbers do not depend on which other sets share the call; --placed marks a set as placed
+    alone = _mixed_run(world, tmp_path / "c", "--placed", f"placed={world['oracle']}")
+    assert list(alone["sets"]) == ["placed", "real-only", "real+placed"]
+    for name in ("real-only", "real+placed"):
+        assert alone["sets"][name]["mean"] == first["sets"][name]["mean"], name
+        assert alone["sets"][name]["seeds"] == first["sets"][name]["seeds"], name
+
+
+def test_mixing_draws_the_real_share_of_every_batch():
+    import torch
+
+    from dualanodiff_core.evaluation.sources import MixedPool
+
+    class Constant:
+        def __init__(self, value):
+            self.value = value
+
+        def draw(self, n, gen):
+            return torch.full((n, 3, 2, 2), self.value), torch.ones(n, 1, 2, 2)
+
+    pool = MixedPool(Constant(1.0), Constant(0.0), 0.3)
+    gen = torch.Generator().manual_seed(0)
+    counts = [int(pool.draw(10, gen)[0][:, 0, 0, 0].sum()) for _ in range(400)]
+    assert set(counts) == {3}  # 0.3 x 10 is whole: exactly 3 real in every batch
+    counts = [int(pool.draw(8, gen)[0][:, 0, 0, 0].sum()) for _ in range(2000)]
+    assert set(counts) == {2, 3} and abs(sum(counts) / (8 * 2000) - 0.3) < 0.01  # 2.4 on average

@@ -15,6 +15,8 @@ from ..errors import DualAnoDiffError
 from .training import DetectorConfig
 
 BASELINE_CHOICES = ("real-only", "crop-paste", "none")
+# --mix-real's share of the real shots among a batch's defective samples when given without a value
+MIX_REAL = 0.5
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,6 +43,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sets.add_argument("--synthetic", action="append", default=[], metavar="[NAME=]DIR",
                       help="a synthetic set written by generate (OUT/<object>/<defect>/{image,mask}/) or by the Save "
                       "Dataset node (pairs or MVTec layout); repeat for several; NAME defaults to the folder's name")
+    sets.add_argument("--placed", action="append", default=[], metavar="[NAME=]DIR",
+                      help="a set of defects placed on real normal images (generate --on-images, or the Paste Back "
+                      "workflow saved by Save Dataset), read as --synthetic; reported as a placed set (generate's own "
+                      "--on-images sets are recognised as placed under --synthetic too)")
+    sets.add_argument("--mix-real", type=float, nargs="?", const=MIX_REAL, default=None, metavar="SHARE",
+                      help="also train every set and crop-paste mixed with the few real shots (rows real+NAME): of "
+                      "each batch's defective samples a share SHARE are the real shots, augmented as real-only, the "
+                      f"rest from the set; the report's first table then compares them with real-only "
+                      f"(default SHARE when given without a value: {MIX_REAL}; default: no mixed rows)")
     sets.add_argument("--baselines", nargs="+", choices=BASELINE_CHOICES, default=["real-only", "crop-paste"],
                       help="built-in baselines trained and scored the same way: real-only (the few real pairs, "
                       "augmented), crop-paste (real defects pasted onto normal images); none for neither "
@@ -114,6 +125,8 @@ def check_numbers(args) -> None:
         raise DualAnoDiffError("--pro-limit must be above 0")
     if len(set(args.seeds)) != len(args.seeds):
         raise DualAnoDiffError(f"--seeds {' '.join(map(str, args.seeds))}: each seed once")
+    if args.mix_real is not None:
+        checks.between(args.mix_real, 0, 1, "--mix-real")
     if "none" in args.baselines and len(args.baselines) > 1:
         raise DualAnoDiffError("--baselines none cannot be combined with a baseline")
 
@@ -152,25 +165,30 @@ def prepare(args):
     check_numbers(args)
     check_data_flags(args)
     cfg = detector_config(args)
-    parsed = [parse_set_argument(v) for v in args.synthetic]
-    names = [n for n, _ in parsed]
+    parsed = [(*parse_set_argument(v), False) for v in args.synthetic] + \
+        [(*parse_set_argument(v), True) for v in args.placed]
+    names = [n for n, _, _ in parsed]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise DualAnoDiffError(f"two synthetic sets are named {dupes[0]!r}; name them with NAME=DIR")
     baselines = [b for b in args.baselines if b != "none"]
     if not parsed and not baselines:
         raise DualAnoDiffError("nothing to compare: give --synthetic DIR and/or keep the baselines")
+    if args.mix_real is not None and not parsed and "crop-paste" not in baselines:
+        raise DualAnoDiffError("--mix-real mixes the real shots into the other sets and there is none: give "
+                               "--synthetic DIR, --placed DIR or keep the crop-paste baseline")
     if args.mvtec is not None:
         category = mvtec_category(args.mvtec, args.defects, parse_split(args.split))
         defects = category.defects
     else:
         category = folder_category(args.images, args.masks, args.normal, args.shot_images, args.shot_masks, args.name)
         defects = None
-    if baselines and not category.shots:
-        raise DualAnoDiffError(f"the baselines ({', '.join(baselines)}) are built from the few-shot real defects and "
-                               f"there are none ({'; '.join(category.notes) or 'no shots'}); give them, or pass "
-                               "--baselines none")
-    sources = [load_source(n, d, category.name, defects) for n, d in parsed]
+    if (baselines or args.mix_real is not None) and not category.shots:
+        needs = ", ".join(baselines + (["--mix-real"] if args.mix_real is not None else []))
+        raise DualAnoDiffError(f"{needs} are built from the few-shot real defects and there are none "
+                               f"({'; '.join(category.notes) or 'no shots'}); give them, or pass --baselines none "
+                               "without --mix-real")
+    sources = [load_source(n, d, category.name, defects, placed) for n, d, placed in parsed]
     weights = resolve_weights(args.lpips_weights, args.vgg_weights, args.inception_weights, args.metric_weights)
     checks.output_dir(args.output_dir, "--output-dir")
     if args.save_maps is not None:
@@ -181,7 +199,7 @@ def prepare(args):
 def run(args) -> int:
     from .generation_metrics import generation_metrics
     from .loading import load_category, training_sets
-    from .report import table
+    from .report import table, user_rows, user_table
     from .run import choose_device, evaluate, selection_data
 
     category, sources, baselines, weights, cfg = prepare(args)
@@ -192,10 +210,12 @@ def run(args) -> int:
     data = load_category(category, cfg.resolution)
     normals = selection_data(data, cfg, args.val_fraction)[0]
     sets, _ = training_sets(data, sources, baselines, cfg.resolution, args.max_pairs, args.augment_synthetic,
-                                 normals)
+                            normals, args.mix_real)
     generation = generation_metrics(weights, sources, category, device) if weights else {}
     summary = evaluate(data, sets, cfg, args.seeds, args.output_dir, device=device, val_fraction=args.val_fraction,
                        overwrite=args.overwrite, save_maps=args.save_maps, previews=args.previews, generation=generation)
+    if user_rows(summary):
+        print(user_table(summary) + "\n")
     print(table(summary))
     print(f"wrote {Path(args.output_dir) / 'report.md'} and metrics.json, curves.png, predictions.png", file=sys.stderr)
     return 0

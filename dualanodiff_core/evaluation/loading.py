@@ -7,7 +7,7 @@ from ..errors import DualAnoDiffError
 from .baselines import CropPaste, real_only
 from .images import load_images, natural_key
 from .run import EvalData, TrainingSet
-from .sources import PairPool, Pairs, load_pairs
+from .sources import MixedPool, PairPool, Pairs, load_pairs
 from .split import Category
 
 
@@ -23,10 +23,13 @@ def load_category(category: Category, size: int) -> EvalData:
 
 
 def training_sets(data: EvalData, sources: list, baselines: list, size: int, max_pairs: int = 0,
-                  augment_synthetic: bool = False, normals: torch.Tensor | None = None) -> tuple:
-    """(TrainingSets in order: synthetic sets, then baselines; {set name: Pairs} of the synthetic sets).
-    ``normals``: the normal images crop-and-paste pastes onto (the training normals, without the ones
-    held out for checkpoint selection; default all)."""
+                  augment_synthetic: bool = False, normals: torch.Tensor | None = None,
+                  mix_real: float | None = None) -> tuple:
+    """(TrainingSets in order: synthetic and placed sets, then baselines, then with ``mix_real`` (the
+    shots' share of each batch's defective samples) every set but real-only again mixed with the few
+    real shots as ``real+NAME``; {set name: Pairs} of the synthetic sets). ``normals``: the normal
+    images crop-and-paste pastes onto (the training normals, without the ones held out for checkpoint
+    selection; default all)."""
     sets, loaded = [], {}
     for source in sources:
         if max_pairs:
@@ -40,13 +43,18 @@ def training_sets(data: EvalData, sources: list, baselines: list, size: int, max
             notes.append(f"{dropped} pairs with empty masks left out")
         description = {**source.fingerprint(), "used_pairs": len(pairs), "empty_masks_dropped": dropped,
                        "augmented": augment_synthetic}
-        sets.append(TrainingSet(source.name, "synthetic", PairPool(pairs, augment_synthetic), description, notes))
+        sets.append(TrainingSet(source.name, source.kind, PairPool(pairs, augment_synthetic), description, notes))
         loaded[source.name] = pairs
     shots = {"shots": len(data.shots), "shot_names": list(data.shots.names)}
-    if "real-only" in baselines:
-        sets.append(TrainingSet("real-only", "real-only", real_only(data.shots), shots))
+    if "real-only" in baselines or mix_real:
+        real = TrainingSet("real-only", "real-only", real_only(data.shots), shots)
+        sets.append(real)
     if "crop-paste" in baselines:
         sets.append(TrainingSet("crop-paste", "crop-paste", CropPaste(data.shots, data.normals if normals is None else normals), shots))
+    if mix_real:
+        sets += [TrainingSet(f"real+{ts.name}", "mixed", MixedPool(real.source, ts.source, mix_real),
+                             {"real_share": mix_real, "mixed_with": ts.name, "mixed_kind": ts.kind, **ts.description},
+                             list(ts.notes)) for ts in sets if ts.kind != "real-only"]
     return sets, loaded
 
 

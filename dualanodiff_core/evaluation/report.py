@@ -81,6 +81,38 @@ def _generation_cell(value) -> str:
     return f"{mean:.3f}" + (f" ± {std:.3f}" if std else "")
 
 
+def user_rows(summary: dict) -> list:
+    """The sets of the user's question, in its order: real-only, then the real shots mixed with each
+    generated set, each placed set, crop-and-paste ([] without mixed sets)."""
+    sets = summary["sets"]
+    mixed = [n for n, s in sets.items() if s["kind"] == "mixed"]
+    if not mixed:
+        return []
+    order = {"synthetic": 0, "placed": 1, "crop-paste": 2}
+    mixed.sort(key=lambda n: order.get(sets[n]["description"].get("mixed_kind"), 0))
+    return [n for n in sets if sets[n]["kind"] == "real-only"] + mixed
+
+
+def user_table(summary: dict) -> str:
+    """The user's question as a table: does adding generated data to the few real shots help?"""
+    rows = user_rows(summary)
+    keys = ("pixel_ap", "pixel_auroc", "au_pro", "image_auroc", "image_ap")
+    lines = ["| training data | " + " | ".join(LABELS[k] for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name in rows:
+        s = summary["sets"][name]
+        lines.append(f"| {_user_label(name, s)} | " + " | ".join(_cell(s["mean"][k], s["std"][k]) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _user_label(name: str, s: dict) -> str:
+    if s["kind"] == "real-only":
+        return f"{s['description'].get('shots')} real shots alone"
+    d = s["description"]
+    what = {"placed": "placed set", "crop-paste": "crop-and-paste of them"}.get(d.get("mixed_kind"), "generated set")
+    other = "" if d.get("mixed_kind") == "crop-paste" else f" {d.get('mixed_with')}"
+    return f"real shots + {what}{other} ({100 * d['real_share']:.0f} % real)"
+
+
 def table(summary: dict) -> str:
     """The report's main table (markdown): one row per set, the paper's row last."""
     gen = any(s.get("generation") for s in summary["sets"].values())
@@ -109,10 +141,15 @@ def _defect_table(summary: dict) -> str:
 
 def _describe_set(name: str, s: dict) -> str:
     d = s["description"]
-    if s["kind"] == "synthetic":
-        return (f"- **{name}**: synthetic set {d.get('root')} ({d.get('used_pairs')} pairs used"
+    if s["kind"] in ("synthetic", "placed"):
+        what = "defects placed on real normal images" if s["kind"] == "placed" else "synthetic set"
+        return (f"- **{name}**: {what} {d.get('root')} ({d.get('used_pairs')} pairs used"
                 + (f", {d['empty_masks_dropped']} with empty masks dropped" if d.get("empty_masks_dropped") else "")
                 + ")")
+    if s["kind"] == "mixed":
+        return (f"- **{name}**: {d.get('mixed_with')} with the few real shots kept in every batch: "
+                f"{100 * d['real_share']:.0f} % of the defective samples are the real shots (augmented as in "
+                f"real-only), the rest from {d.get('mixed_with')}")
     if s["kind"] == "real-only":
         return f"- **{name}**: the {d.get('shots')} few-shot real pairs alone, augmented (flips, brightness/contrast)"
     return (f"- **{name}**: the {d.get('shots')} few-shot real defects cut by their masks and pasted onto normal "
@@ -146,6 +183,10 @@ def render(summary: dict) -> str:
         "Metrics in %, on the whole category (image score: the maximum of the 21x21 mean-pooled map; AU-PRO "
         f"integrated to FPR {p['pro_limit']:g}).",
         "",
+        *([f"## Do the generated pairs help your {summary['few_shot_real_defects']} real defects?", "",
+           "Each row trains the same detector on the few real shots, alone or with a set added (the shots kept "
+           "in every batch at the share shown).", "", user_table(summary), "", "## Each set alone", ""]
+          if user_rows(summary) else []),
         table(summary),
         "",
         "The paper's row is for reference only: another dataset size, its own generated data, selection on the "
@@ -160,7 +201,7 @@ def render(summary: dict) -> str:
         _defect_table(summary),
     ]
     notes = list(summary["notes"]) + [f"{n}: {note}" for n, s in summary["sets"].items() for note in s["notes"]]
-    if p["selection"] == "validation" and any(s["kind"] != "synthetic" for s in summary["sets"].values()):
+    if p["selection"] == "validation" and any(s["kind"] not in ("synthetic", "placed") for s in summary["sets"].values()):
         notes.append("the baselines are built from the same few real shots that checkpoint selection scores on, so their "
                      "selection has seen its defects (which, if anything, favours them)")
     if notes:

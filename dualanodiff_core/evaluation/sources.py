@@ -76,3 +76,21 @@ def load_pairs(source, size: int) -> tuple:
     pairs = Pairs.load(items, size)
     keep = pairs.masks.flatten(1).any(1)
     return pairs.select(keep), int((~keep).sum())
+
+
+class MixedPool:
+    """The few real shots kept in every batch beside another source: of each draw of n defective samples,
+    ``real_share`` x n come from the shots (augmented, as the real-only baseline; rounded up or down at
+    random so that the share holds exactly on average), the rest from ``other``."""
+
+    kind = "mixed"
+
+    def __init__(self, real: PairPool, other, real_share: float):
+        if not 0 < real_share < 1:
+            raise ValueError("real_share must lie in (0, 1)")
+        self.real, self.other, self.real_share = real, other, real_share
+
+    def draw(self, n: int, gen: torch.Generator) -> tuple:
+        k = min(n, int(self.real_share * n + float(torch.rand((), generator=gen))))
+        parts = [source.draw(m, gen) for source, m in ((self.real, k), (self.other, n - k)) if m]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

@@ -34,6 +34,7 @@ class SetSource:
     root: Path
     pairs: dict                     # defect -> list of (image Path, mask Path)
     notes: list = field(default_factory=list)
+    kind: str = "synthetic"         # or "placed": defects put on real normal images (generate --on-images)
 
     def count(self) -> int:
         return sum(len(v) for v in self.pairs.values())
@@ -162,8 +163,22 @@ def find_pairs(root: Path, category: str) -> dict:
                            "<defect>/mask/ (as generate writes) or test/<defect>/ with ground_truth/<defect>/")
 
 
-def load_source(name: str, root: Path, category: str, defects: list | None) -> SetSource:
-    """Find and check a set; ``defects``: keep only these types (None: keep every type, as one)."""
+def placed_by_generate(pairs: dict) -> bool:
+    """Whether ``generate --on-images`` wrote these pairs (its manifest records the images it placed on)."""
+    for items in pairs.values():
+        manifest = items[0][0].parent.parent / "manifest.jsonl" if items else None
+        if manifest is not None and manifest.is_file():
+            first = manifest.read_text(encoding="utf-8").split("\n", 1)[0]
+            try:
+                return "on_images" in json.loads(first)
+            except json.JSONDecodeError:
+                return False
+    return False
+
+
+def load_source(name: str, root: Path, category: str, defects: list | None, placed: bool = False) -> SetSource:
+    """Find and check a set; ``defects``: keep only these types (None: keep every type, as one);
+    ``placed``: defects placed on real normal images (also recognised from generate's manifest)."""
     found = find_pairs(root, category)
     notes = []
     if defects is not None:
@@ -182,4 +197,4 @@ def load_source(name: str, root: Path, category: str, defects: list | None) -> S
     for items in pairs.values():
         for image, mask in items:
             check_same_size(image, mask)
-    return SetSource(name, Path(root), pairs, notes)
+    return SetSource(name, Path(root), pairs, notes, "placed" if placed or placed_by_generate(pairs) else "synthetic")
