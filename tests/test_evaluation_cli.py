@@ -361,8 +361,8 @@ def test_mixing_draws_the_real_share_of_every_batch():
         def __init__(self, value):
             self.value = value
 
-        def draw(self, n, gen):
-            return torch.full((n, 3, 2, 2), self.value), torch.ones(n, 1, 2, 2)
+        def draw_labelled(self, n, gen):
+            return torch.full((n, 3, 2, 2), self.value), torch.ones(n, 1, 2, 2), [str(self.value)] * n
 
     pool = MixedPool(Constant(1.0), Constant(0.0), 0.3)
     gen = torch.Generator().manual_seed(0)

@@ -62,3 +62,14 @@ def test_world_oracle_beats_noise(tmp_path):
 def test_world_refuses_an_unknown_defect(tmp_path):
     with pytest.raises(DualAnoDiffError, match="choose one of"):
         evaluate_demo_world({}, tmp_path, DemoEvalConfig(defect="dent"))
+
+
+def test_world_mixes_the_shots_into_every_set_but_the_unmixed(tmp_path):
+    sets = {name: _write_generate_layout(tmp_path / name, demo_world.samples(8, seed=seed, defect="scratch", size=SIZE))
+            for name, seed in (("oracle", 77), ("ablation", 78))}
+    cfg = DemoEvalConfig(size=SIZE, test_defects=4, test_normals=4, normals=8, epochs=1, samples_per_epoch=16,
+                         batch_size=8, base_width=4, baselines=(), mix_real=0.5, unmixed=("ablation",), cpu=True)
+    summary = evaluate_demo_world(sets, tmp_path / "out", cfg, log=lambda m: None)
+    assert [(n, s["kind"]) for n, s in summary["sets"].items()] == [
+        ("oracle", "synthetic"), ("ablation", "synthetic"), ("real-only", "real-only"), ("real+oracle", "mixed")]
+    assert "real shots + generated set oracle (50 % real)" in (tmp_path / "out" / "report.md").read_text()

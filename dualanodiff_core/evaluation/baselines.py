@@ -86,10 +86,15 @@ class CropPaste:
         return pasted, region
 
     def draw(self, n: int, gen: torch.Generator) -> tuple:
+        return self.draw_labelled(n, gen)[:2]
+
+    def draw_labelled(self, n: int, gen: torch.Generator) -> tuple:
+        """As :meth:`draw` (the same random numbers), plus each sample's defect type (its shot's)."""
         h, w = self.normals.shape[-2:]
-        images, masks = [], []
+        images, masks, defects = [], [], []
         for _ in range(n):
             s = int(torch.randint(len(self.shots), (1,), generator=gen))
+            defects.append(self.shots.defects[s] if self.shots.defects else "defect")
             j = int(torch.randint(self.normals.shape[0], (1,), generator=gen))
             obj = self.objects[j]
             where = torch.nonzero(obj)
@@ -107,4 +112,4 @@ class CropPaste:
             base = to_float(self.normals[j])
             images.append(base * (1 - m) + pasted[t] * m)
             masks.append(m)
-        return torch.stack(images), torch.stack(masks)
+        return torch.stack(images), torch.stack(masks), defects

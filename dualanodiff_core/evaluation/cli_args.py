@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .. import checks
 from ..errors import DualAnoDiffError
+from .classifier import ClassifierConfig
 from .training import DetectorConfig
 
 BASELINE_CHOICES = ("real-only", "crop-paste", "none")
@@ -82,6 +83,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "for checkpoint selection, with the few real shots (default: %(default)s)")
     det.add_argument("--pro-limit", type=float, default=d.pro_limit, help="FPR up to which AU-PRO is integrated "
                      "(default: %(default)s)")
+    cls = p.add_argument_group("defect-type classification (the paper's third task; categories with 2+ defect types)")
+    cls.add_argument("--classify", action="store_true", help="also train a ResNet-34 per set and seed on the set's "
+                     "defective images labelled with their defect type and report its accuracy on the real test defects")
+    cls.add_argument("--classifier-weights", type=Path, help="torchvision's ResNet-34 ImageNet weights "
+                     "(resnet34-b627a593.pth) to fine-tune from; without it the classifier is trained from scratch "
+                     "(the report says which)")
+    cls.add_argument("--classifier-steps", type=int, default=ClassifierConfig.steps, help="classifier training steps "
+                     "of --batch-size images (default: %(default)s)")
     gen = p.add_argument_group("generation metrics (optional; local weight files, nothing is downloaded)")
     gen.add_argument("--lpips-weights", type=Path, help="LPIPS linear layers for VGG (vgg.pth of the lpips package, "
                      "v0.1): enables IC-LPIPS; needs --vgg-weights too")
@@ -117,6 +126,11 @@ def check_numbers(args) -> None:
         checks.at_least(getattr(args, flag), 1, f"--{flag.replace('_', '-')}")
     checks.at_least(args.batch_size, 2, "--batch-size (batch norm needs two samples)")
     checks.at_least(args.max_pairs, 0, "--max-pairs")
+    checks.at_least(args.classifier_steps, 1, "--classifier-steps")
+    if args.classifier_weights is not None:
+        if not args.classify:
+            raise DualAnoDiffError("--classifier-weights is for --classify")
+        checks.input_file(args.classifier_weights, "--classifier-weights")
     checks.at_least(args.previews, 0, "--previews")
     checks.between(args.lr, 0, 1, "--lr")
     checks.between(args.val_fraction, 0, 1, "--val-fraction")
@@ -199,7 +213,7 @@ def prepare(args):
 def run(args) -> int:
     from .generation_metrics import generation_metrics
     from .loading import load_category, training_sets
-    from .report import table, user_rows, user_table
+    from .report import classification_table, table, user_rows, user_table
     from .run import choose_device, evaluate, selection_data
 
     category, sources, baselines, weights, cfg = prepare(args)
@@ -212,10 +226,15 @@ def run(args) -> int:
     sets, _ = training_sets(data, sources, baselines, cfg.resolution, args.max_pairs, args.augment_synthetic,
                             normals, args.mix_real)
     generation = generation_metrics(weights, sources, category, device) if weights else {}
+    classify = ClassifierConfig(steps=args.classifier_steps, batch_size=args.batch_size, weights=args.classifier_weights) \
+        if args.classify else None
     summary = evaluate(data, sets, cfg, args.seeds, args.output_dir, device=device, val_fraction=args.val_fraction,
-                       overwrite=args.overwrite, save_maps=args.save_maps, previews=args.previews, generation=generation)
+                       overwrite=args.overwrite, save_maps=args.save_maps, previews=args.previews, generation=generation,
+                       classify=classify)
     if user_rows(summary):
         print(user_table(summary) + "\n")
     print(table(summary))
+    if classification_table(summary):
+        print("\ndefect-type classification accuracy (%):\n" + classification_table(summary))
     print(f"wrote {Path(args.output_dir) / 'report.md'} and metrics.json, curves.png, predictions.png", file=sys.stderr)
     return 0

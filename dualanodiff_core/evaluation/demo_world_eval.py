@@ -47,6 +47,8 @@ class DemoEvalConfig:
     select: str = "validation"
     seeds: tuple = (0,)
     baselines: tuple = ("real-only", "crop-paste")
+    mix_real: float | None = None  # evaluate --mix-real: also each set with the shots kept in every batch
+    unmixed: tuple = ()            # sets not also mixed with the shots (e.g. an ablation)
     cpu: bool = False
 
     def detector(self) -> DetectorConfig:
@@ -86,7 +88,8 @@ def evaluate_demo_world(sets: dict, out: Path, cfg: DemoEvalConfig | None = None
             in_memory.append((name, value))
         else:
             sources.append(load_source(name, Path(value), CATEGORY, [cfg.defect]))
-    built, _ = training_sets(data, sources, list(cfg.baselines), cfg.size, normals=normals)
+    built, _ = training_sets(data, sources, list(cfg.baselines), cfg.size, normals=normals, mix_real=cfg.mix_real)
+    built = [ts for ts in built if ts.kind != "mixed" or ts.description["mixed_with"] not in cfg.unmixed]
     memory = []
     for name, pairs in in_memory:
         kept = pairs.select(pairs.masks.flatten(1).any(1))

@@ -30,8 +30,19 @@ def _aggregate(runs: dict, pick) -> tuple:
     return means, stds
 
 
+def _classification(runs: dict) -> dict | None:
+    """Mean and spread of the classification accuracy over seeds, overall and per defect type."""
+    scored = [r["classification"] for r in runs.values() if "classification" in r]
+    if not scored:
+        return None
+    mean, std = _mean_std([c["accuracy"] for c in scored])
+    per = {d: dict(zip(("mean", "std"), _mean_std([c["per_defect"].get(d) for c in scored])))
+           for d in sorted({d for c in scored for d in c["per_defect"]})}
+    return {"mean": mean, "std": std, "per_defect": per}
+
+
 def build_summary(data, sets: list, cfg, seeds: list, results: dict, val_fraction: float, generation: dict,
-                  maps_dir: str | None) -> dict:
+                  maps_dir: str | None, classifier: dict | None = None) -> dict:
     per_defect = {}
     for d in data.test.defects:
         per_defect[d] = per_defect.get(d, 0) + 1
@@ -45,7 +56,7 @@ def build_summary(data, sets: list, cfg, seeds: list, results: dict, val_fractio
         summary_sets[ts.name] = {"kind": ts.kind, "description": ts.description, "notes": ts.notes, "mean": mean,
                                  "std": std, "defects": by_defect, "seeds": runs,
                                  "curves": results[ts.name].get("curves"),
-                                 "generation": generation.get(ts.name)}
+                                 "generation": generation.get(ts.name), "classification": _classification(runs)}
     return {
         "category": data.category,
         "defect_types": list(data.defects),
@@ -57,7 +68,8 @@ def build_summary(data, sets: list, cfg, seeds: list, results: dict, val_fractio
         "protocol": {"detector": cfg.settings(), "seeds": list(seeds), "selection": cfg.select,
                      "optimistic": cfg.select == "test",
                      "validation_fraction": val_fraction if cfg.select == "validation" else None,
-                     "image_score": "max of the 21x21 mean-pooled map", "pro_limit": cfg.pro_limit},
+                     "image_score": "max of the 21x21 mean-pooled map", "pro_limit": cfg.pro_limit,
+                     "classifier": classifier},
         "sets": summary_sets,
         "paper": PAPER,
         "notes": list(data.notes),
@@ -127,6 +139,20 @@ def table(summary: dict) -> str:
     cells = [f"{100 * paper['metrics'][m]:.1f}" if m in paper["metrics"] else "—" for m in METRICS]
     cells += ["—"] * (len(GENERATION_LABELS) if gen else 0)
     lines.append(f"| *{paper['label']}* | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def classification_table(summary: dict) -> str:
+    """Defect-type classification accuracy per set (overall and per type); empty when not scored."""
+    scored = {n: s["classification"] for n, s in summary["sets"].items() if s.get("classification")}
+    if not scored:
+        return ""
+    types = sorted({d for c in scored.values() for d in c["per_defect"]})
+    lines = ["| set | accuracy | " + " | ".join(types) + " |", "|---" * (len(types) + 2) + "|"]
+    for name, c in scored.items():
+        lines.append(f"| {name} | {_cell(c['mean'], c['std'])} | "
+                     + " | ".join(_cell(c["per_defect"][d]["mean"], c["per_defect"][d]["std"]) if d in c["per_defect"]
+                                  else "n/a" for d in types) + " |")
     return "\n".join(lines)
 
 
@@ -200,6 +226,14 @@ def render(summary: dict) -> str:
         "",
         _defect_table(summary),
     ]
+    if classification_table(summary):
+        c = p["classifier"]
+        start = ("fine-tuned from the ImageNet weights in " + c["weights"]) if c["pretrained"] else \
+            "trained from scratch (no --classifier-weights given)"
+        lines += ["", "## Defect-type classification (accuracy in % on the real test defects)", "",
+                  f"A ResNet-34 per set and seed, {start}, {c['steps']} steps of {c['batch_size']} of the set's "
+                  "defective images labelled with their type; scored on every real defective test image.", "",
+                  classification_table(summary)]
     notes = list(summary["notes"]) + [f"{n}: {note}" for n, s in summary["sets"].items() for note in s["notes"]]
     if p["selection"] == "validation" and any(s["kind"] not in ("synthetic", "placed") for s in summary["sets"].values()):
         notes.append("the baselines are built from the same few real shots that checkpoint selection scores on, so their "

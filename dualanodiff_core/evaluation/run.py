@@ -209,9 +209,30 @@ def _clean(metrics: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
 
 
+def classification(out: Path, data: EvalData, ts: TrainingSet, cfg, seed: int, device) -> dict:
+    """Accuracy of a ResNet-34 trained on the set's defects (``classifier.ClassifierConfig`` ``cfg``) on the
+    real test defects; a result written before with the same settings and data is read back instead."""
+    from .classifier import accuracy, predict, train_classifier
+
+    path = Path(out) / "classifiers" / ts.name / f"seed{seed}.json"
+    settings = json.loads(json.dumps({"classifier": cfg.settings(), "seed": seed, "set": {"kind": ts.kind, **ts.description},
+                                      "data": data.fingerprint()}))
+    previous = _read_json(path)
+    if previous is not None and previous.get("settings") == settings:
+        return previous["result"]
+    test = data.test.select([d != GOOD for d in data.test.defects])
+    model = train_classifier(ts.source, list(data.defects), cfg, seed, device)
+    predicted = [data.defects[i] for i in predict(model, test.images, device).tolist()]
+    result = accuracy(predicted, test.defects)
+    _write_json(path, {"settings": settings, "result": result})
+    return result
+
+
 def evaluate(data: EvalData, sets: list, cfg: DetectorConfig, seeds: list, out: Path, *, device=None,
              val_fraction: float = 0.1, overwrite: bool = False, save_maps: Path | None = None, previews: int = 6,
-             generation: dict | None = None, figures: bool = True, log=None) -> dict:
+             generation: dict | None = None, figures: bool = True, log=None, classify=None) -> dict:
+    """``classify``: a ``classifier.ClassifierConfig`` to also score defect-type classification (categories
+    with two or more defect types)."""
     """Run the whole comparison; returns the summary also written to ``out/metrics.json``."""
     from . import figures as figs
     from .report import build_summary, write_report
@@ -224,6 +245,10 @@ def evaluate(data: EvalData, sets: list, cfg: DetectorConfig, seeds: list, out: 
     for folder in check_resume(out, data, sets, cfg, seeds, val_fraction, overwrite):
         shutil.rmtree(folder)
     normals, selection, notes = selection_data(data, cfg, val_fraction)
+    if classify is not None and len(data.defects) < 2:
+        notes.append(f"defect-type classification needs two or more defect types; {data.category} has "
+                     f"{len(data.defects)}, so it was not scored")
+        classify = None
     data = replace(data, notes=list(data.notes) + notes)
     preview = preview_indices(data.test.defects, previews)
     writer = MapWriter(save_maps, data) if save_maps is not None else None
@@ -244,12 +269,16 @@ def evaluate(data: EvalData, sets: list, cfg: DetectorConfig, seeds: list, out: 
                 preview_maps[ts.name] = maps[preview].clone()
             if writer is not None:
                 writer.add(ts.name, seed, maps)
+            if classify is not None:
+                run["classification"] = classification(out, data, ts, classify, seed, device)
+                log(f"classifier {ts.name} seed {seed}: accuracy {run['classification']['accuracy']:.3f}")
             results[ts.name]["runs"][str(seed)] = run
             del model, maps
     if writer is not None:
         writer.finish()
     summary = build_summary(data, sets, cfg, seeds, results, val_fraction, generation or {},
-                            str(save_maps) if save_maps is not None else None)
+                            str(save_maps) if save_maps is not None else None,
+                            classify.settings() if classify is not None else None)
     out.mkdir(parents=True, exist_ok=True)
     if figures:
         figs.curves_figure(results, out / "curves.png")

@@ -63,9 +63,14 @@ class PairPool:
 
     def draw(self, n: int, gen: torch.Generator) -> tuple:
         """(n, 3, H, W) float images in [0, 1] and (n, 1, H, W) float 0/1 masks."""
+        return self.draw_labelled(n, gen)[:2]
+
+    def draw_labelled(self, n: int, gen: torch.Generator) -> tuple:
+        """As :meth:`draw` (the same random numbers), plus each sample's defect type."""
         idx = torch.randint(len(self.pairs), (n,), generator=gen)
         images, masks = to_float(self.pairs.images[idx]), self.pairs.masks[idx].float()
-        return augment(images, masks, gen) if self.augmented else (images, masks)
+        images, masks = augment(images, masks, gen) if self.augmented else (images, masks)
+        return images, masks, [self.pairs.defects[i] if self.pairs.defects else "defect" for i in idx.tolist()]
 
 
 def load_pairs(source, size: int) -> tuple:
@@ -91,6 +96,9 @@ class MixedPool:
         self.real, self.other, self.real_share = real, other, real_share
 
     def draw(self, n: int, gen: torch.Generator) -> tuple:
+        return self.draw_labelled(n, gen)[:2]
+
+    def draw_labelled(self, n: int, gen: torch.Generator) -> tuple:
         k = min(n, int(self.real_share * n + float(torch.rand((), generator=gen))))
-        parts = [source.draw(m, gen) for source, m in ((self.real, k), (self.other, n - k)) if m]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        parts = [source.draw_labelled(m, gen) for source, m in ((self.real, k), (self.other, n - k)) if m]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), [d for p in parts for d in p[2]]
