@@ -10,7 +10,12 @@ from .errors import DualAnoDiffError
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """Usage mistakes print one line and where to look, not the whole usage block."""
+    """Usage mistakes print one line and where to look, not the whole usage block. Options are written out in
+    full: an abbreviation (``--epoch``) is refused, not silently taken for another option (``--epochs``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # subcommand parsers are made by this class too
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\nRun '{self.prog} --help' for the options.\n")

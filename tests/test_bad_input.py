@@ -149,6 +149,10 @@ CASES = [
     ("generate-base-missing", GEN.replace("{sd}", "{ws}/nope") + " --output-dir {ws}/g", r"base model not found"),
     ("generate-tokenizer-empty", GEN + " --tokenizer {ws}/empty_dir --output-dir {ws}/g", r"has neither vocab.json with merges.txt nor tokenizer.json"),
     ("generate-unknown-option", GEN + " --stepz 3 --output-dir {ws}/g", r"unrecognized arguments: --stepz 3"),
+    ("generate-abbreviated-option", GEN + " --output-dir {ws}/g --guid 3", r"unrecognized arguments: --guid 3"),
+    ("train-abbreviated-option", TRAIN + " --output-dir {ws}/t --lr 1e-4 --rank 4 --step 3", r"unrecognized arguments: --step 3"),
+    ("evaluate-abbreviated-option", "evaluate --mvtec {ws}/mvtec/bottle --output-dir {ws}/e --epoch 2",
+     r"unrecognized arguments: --epoch 2"),
     # demo
     ("demo-out-file", "demo --out {ws}/a_file", r"--out .*a_file is a file, so it cannot be a folder"),
     ("demo-threshold", "demo --out {ws}/d --mask-threshold 0", r"--mask-threshold must lie in \(0, 1\), got 0.0"),

@@ -1,6 +1,7 @@
 """`dualanodiff reproduce`: the plan, sharing between processes and resuming without models, then the
 whole run end to end on a tiny model and a small MVTec-shaped root."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,30 @@ def test_estimate_adds_up_the_stages(mvtec_root, tmp_path):
             parse_step_seconds(bad)
 
 
+def test_estimate_counts_the_options_passed_through(mvtec_root, tmp_path):
+    """Later options win in each stage's command, so the estimate takes its figures from there (issue #38, 6)."""
+    cfg = _cfg(mvtec_root, tmp_path, train_args=["--steps", "40"], generate_args=["-n", "10", "--batch-size", "2",
+               "--steps", "5"], evaluate_args=["--epochs", "2", "--samples-per-epoch", "8", "--batch-size", "4",
+                                               "--seeds", "0", "1", "--baselines", "real-only"])
+    seconds = parse_step_seconds("train=2.0,sample=0.5,detector=0.1")
+    train, gen, *_, ev = P.build_plan(cfg)
+    assert stage_hours(train, cfg, seconds) == pytest.approx(40 * 2.0 / 3600)
+    assert stage_hours(gen, cfg, seconds) == pytest.approx(5 * 5 * 0.5 / 3600)  # 10 pairs in calls of 2, 5 steps
+    # (DualAnoDiff + real-only) x 2 seeds = 4 detectors, 2 epochs x 2 steps of 4 samples each
+    assert stage_hours(ev, cfg, seconds) == pytest.approx(4 * 2 * 2 * 0.1 / 3600)
+    # with the shots mixed in: + real+DualAnoDiff, and a placed set with its mixed row, x 2 seeds
+    mixed = _cfg(mvtec_root, tmp_path, evaluate_args=cfg.evaluate_args + ["--mix-real", "--placed", str(tmp_path)])
+    assert stage_hours(P.build_plan(mixed)[-1], mixed, seconds) == pytest.approx(5 * 2 * 2 * 2 * 0.1 / 3600)
+
+
+def test_generation_counts_as_done_at_the_pairs_passed_through(mvtec_root, tmp_path):
+    cfg = _cfg(mvtec_root, tmp_path, generate_args=["-n", "2"])
+    gen = P.build_plan(cfg)[1]
+    gen.output.mkdir(parents=True)
+    (gen.output / "manifest.jsonl").write_text('{"index": 0}\n{"index": 1}\n')
+    assert P.status(gen, cfg) == "done"  # not waiting for reproduce's 500 forever
+
+
 def test_dry_run_prints_the_plan_with_hours_and_writes_nothing(mvtec_root, tiny_sd, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["reproduce", "--mvtec", str(mvtec_root), "--base-model", str(tiny_sd), "--output-dir", str(out),
@@ -134,6 +159,81 @@ def test_dry_run_prints_the_plan_with_hours_and_writes_nothing(mvtec_root, tiny_
     assert "| train-bottle-crack | pending | 2.50 |" in text  # 5000 x 1.8 s
     assert "3 defect types, 2 categories" in text and "given by --step-seconds" in text
     assert "dualanodiff evaluate --mvtec" in text
+    assert not out.exists()
+
+
+class _DetectorSize(Exception):
+    pass
+
+
+def test_dry_run_measures_the_detector_the_evaluate_args_describe(mvtec_root, tiny_sd, tmp_path, capsys, monkeypatch,
+                                                                    one_thread):
+    """Not the paper's 64-wide detector at 256 px when --evaluate-args asks for a tiny one (issue #38, 6)."""
+    from dualanodiff_core.evaluation import detector
+
+    seen = []
+
+    class Recorded(detector.DiscriminativeUNet):
+        def __init__(self, base_width):
+            if base_width != 4:  # the full-size one takes minutes on a CPU: stop at once
+                raise _DetectorSize(f"measured a detector {base_width} wide")
+            super().__init__(base_width)
+
+        def forward(self, x):
+            seen.append(tuple(x.shape))
+            return super().forward(x)
+
+    monkeypatch.setattr(detector, "DiscriminativeUNet", Recorded)
+    out = tmp_path / "run"
+    assert main(["reproduce", "--mvtec", str(mvtec_root), "--categories", "cable", "--base-model", str(tiny_sd),
+                 "--output-dir", str(out), "--steps", "2", "--rank", "4", "--resolution", "64", "--pairs-per-step", "2",
+                 "--cpu", "--dry-run", "--evaluate-args", "--resolution 32 --base-width 4 --epochs 2 "
+                 "--samples-per-epoch 8 --batch-size 2"]) == 0
+    assert set(seen) == {(2, 3, 32, 32)}
+    assert "| evaluate-cable | pending | 0.00 |" in capsys.readouterr().out  # 3 detectors x 2 epochs x 4 tiny steps
+    assert not out.exists()
+
+
+_STEPS = "train=1.8,sample=0.3,detector=0.05"
+# what reproduce refuses up front, in the dry run and before the first stage of a run alike (issue #38, 7)
+REFUSED = [
+    (["--train-args", "--bogus 1"], r"--train-args '--bogus 1': dualanodiff train would refuse it: unrecognized "
+     r"arguments: --bogus 1; correct --train-args \(`dualanodiff train --help` lists the options\)$"),
+    (["--evaluate-args", "--no-such-flag 2"], r"--evaluate-args '--no-such-flag 2': dualanodiff evaluate would refuse "
+     r"it: unrecognized arguments: --no-such-flag 2;"),
+    (["--evaluate-args", "--epoch 2"], r"--evaluate-args '--epoch 2': .*unrecognized arguments: --epoch 2 \(did you "
+     r"mean --epochs\? options are not abbreviated\)"),
+    (["--generate-args", "--batch 2"], r"did you mean --batch-size\?"),
+    (["--train-args", "--rank 0"], r"--train-args '--rank 0': dualanodiff train would refuse it: --rank must be at "
+     r"least 1, got 0"),
+    (["--generate-args", "--batch-size 0"], r"--generate-args '--batch-size 0': .*--batch-size must be at least 1"),
+    (["--generate-args", "--scheduler nope"], r"argument --scheduler: invalid choice: 'nope'"),
+    (["--evaluate-args", "--epochs 0"], r"--evaluate-args '--epochs 0': .*--epochs must be at least 1, got 0"),
+    (["--evaluate-args=--select-last", "--select-on-test"], r"--select-last: not allowed with argument "
+     r"--select-on-test"),
+    (["--resolution", "100"], r"dualanodiff train would refuse the options reproduce gives it: --resolution 100 is "
+     r"not a multiple of 8"),
+    (["--train-arg", "--steps 2"], r"unrecognized arguments: --train-arg"),
+]
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+@pytest.mark.parametrize("extra, message", REFUSED, ids=[" ".join(r[0]) for r in REFUSED])
+def test_reproduce_refuses_what_a_stage_would_refuse_before_any_stage_runs(mvtec_root, tiny_sd, tmp_path, capsys,
+                                                                           monkeypatch, extra, message, dry_run):
+    def no_stage(stage, *a):
+        raise AssertionError(f"stage {stage.name} ran")
+
+    monkeypatch.setattr(runner, "run_stage", no_stage)
+    out = tmp_path / "run"
+    try:
+        code = main(["reproduce", "--mvtec", str(mvtec_root), "--base-model", str(tiny_sd), "--output-dir", str(out),
+                     *(["--dry-run", "--step-seconds", _STEPS] if dry_run else []), *extra])
+    except SystemExit as exc:  # reproduce's own parser
+        code = exc.code
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 2 and re.search(message, lines[0]), lines
+    assert lines[1:] in ([], ["Run 'dualanodiff reproduce --help' for the options."]), lines
     assert not out.exists()
 
 
@@ -180,7 +280,7 @@ def test_a_failing_stage_names_its_log_and_leaves_a_marker(mvtec_root, tiny_sd, 
     out = tmp_path / "run"
     assert main(["reproduce", "--mvtec", str(mvtec_root), "--categories", "cable", "--base-model", str(tiny_sd),
                  "--output-dir", str(out), "--steps", "1", "--resolution", "64", "--cpu",
-                 "--train-args", "--rank 0"]) == 2
+                 "--train-args", "--resume latest"]) == 2  # options pass the checks up front; no checkpoint to resume
     err = capsys.readouterr().err
-    assert "stage train-cable-bent failed (exit code 2)" in err and "--rank must be at least 1" in err
+    assert "stage train-cable-bent failed (exit code 2)" in err and "--resume latest: no checkpoint in" in err
     assert (out / "logs" / "train-cable-bent.failed").is_file()

@@ -10,7 +10,7 @@ from .. import checks
 from ..errors import DualAnoDiffError
 from ..training.data import FLIP_RULES, RESAMPLING
 from ..training.train_args import BATCHES
-from .plan import ReproduceConfig
+from .plan import ReproduceConfig, passed_through
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,7 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     more = p.add_argument_group("passing options through, running")
     for kind in ("train", "generate", "evaluate"):
         more.add_argument(f"--{kind}-args", default="", metavar="'OPTIONS'",
-                          help=f"extra options for every `dualanodiff {kind}` stage, one quoted string")
+                          help=f"extra options for every `dualanodiff {kind}` stage, one quoted string, written out "
+                          "in full; checked by that command's parser before any stage runs, and counted by the "
+                          "dry run's estimate")
     more.add_argument("--cpu", action="store_true", help="run every stage on the CPU")
     more.add_argument("--dry-run", action="store_true", help="print the plan (stages, done or not, commands) and the "
                       "estimated device hours, then stop")
@@ -98,11 +100,10 @@ def protocol_choices(cfg: ReproduceConfig) -> dict:
 def _passed_through(cfg: ReproduceConfig) -> dict:
     """Options given with --train-args/--generate-args/--evaluate-args (they override the choices above)."""
     out = {}
-    for stage, flag, argv in (("training", "--train-args", cfg.train_args), ("generation", "--generate-args",
-                              cfg.generate_args), ("evaluation", "--evaluate-args", cfg.evaluate_args)):
-        given = [a for a in argv if a != "--cpu"]
+    for stage, kind in (("training", "train"), ("generation", "generate"), ("evaluation", "evaluate")):
+        given = passed_through(cfg, kind)
         if given:
-            out[f"{stage} options"] = f"{shlex.join(given)} (by {flag}, over the above)"
+            out[f"{stage} options"] = f"{shlex.join(given)} (by --{kind}-args, over the above)"
     return out
 
 
@@ -132,7 +133,7 @@ def print_plan(stages: list, cfg: ReproduceConfig, seconds, out=None) -> float:
 def run(args) -> int:
     from ..formats.base_model import check_base_model
     from .estimate import measure, parse_step_seconds
-    from .plan import build_plan
+    from .plan import build_plan, check_stages
     from .runner import process_position, run_share, wait_for
     from .table import read_paper_numbers, write_table
 
@@ -140,10 +141,11 @@ def run(args) -> int:
     seconds = parse_step_seconds(args.step_seconds) if args.step_seconds else None
     read_paper_numbers(args.paper_numbers)  # a bad file stops here, not after days of training
     stages = build_plan(cfg)
+    check_stages(stages, cfg)  # a pass-through option the stage would refuse stops here, not after the stages before it
     check_base_model(cfg.base_model)
     if args.dry_run:
         if seconds is None:
-            seconds = measure(cfg, next(s for s in stages if s.kind == "train"), cpu=args.cpu)
+            seconds = measure(cfg, stages, cpu=args.cpu)
         print_plan(stages, cfg, seconds)
         return 0
     run_share(stages, cfg, args.poll_seconds)

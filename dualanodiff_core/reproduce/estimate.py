@@ -2,7 +2,9 @@
 
 Three step times make every stage's cost: one training step (``--pairs-per-step`` pairs), one sampler
 call (a batch of pairs with classifier-free guidance), one detector step. Measured on the device this
-runs on, with the configured base model and resolution, after warm-up steps.
+runs on, with the configured base model and resolution, after warm-up steps. Sizes and counts are the
+ones each stage's command will run with: its command line as that command reads it, the options passed
+through with ``--train-args``, ``--generate-args``, ``--evaluate-args`` included.
 """
 from __future__ import annotations
 
@@ -13,11 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import DualAnoDiffError
-from .plan import ReproduceConfig, Stage
+from .plan import ReproduceConfig, Stage, stage_options
 
 KINDS = ("train", "sample", "detector")
-GENERATE_BATCH = 4       # generate's default --batch-size
-DETECTOR_SETS = 3        # DualAnoDiff, real-only, crop-and-paste
 
 
 @dataclass
@@ -55,17 +55,20 @@ def _timed(step, warmup: int, repeats: int, device) -> float:
     return (time.perf_counter() - began) / repeats
 
 
-def measure(cfg: ReproduceConfig, first_train: Stage, cpu: bool = False, repeats: int = 3) -> StepSeconds:
-    """Time the three steps on this machine with the real models and data of ``first_train``."""
+def measure(cfg: ReproduceConfig, stages: list, cpu: bool = False, repeats: int = 3) -> StepSeconds:
+    """Time the three steps on this machine with the real models and data of the plan's first defect type,
+    each at the sizes its stage will run with."""
     from accelerate import Accelerator
 
+    from ..evaluation.cli_args import detector_config
+    from ..evaluation.detector import DiscriminativeUNet, focal_loss
     from ..formats.base_model import load_base_model
     from ..runtime.sampling import latent_scale
-    from ..evaluation.detector import DiscriminativeUNet, focal_loss
-    from ..evaluation.training import DetectorConfig
     from ..training.train_args import parse_args
     from ..training.trainer import DualTrainer
 
+    first_train, gen, ev = (next(s for s in stages if s.kind == kind) for kind in ("train", "generate", "evaluate"))
+    gen, det_cfg = stage_options(gen, cfg), detector_config(stage_options(ev, cfg))
     # later options win: the timing run writes nothing, but gets a folder of its own
     args = parse_args([*first_train.argv, "--output-dir", str(cfg.output_dir / "timing"), "--validate-every", "0",
                        *(["--cpu"] if cpu else [])])
@@ -74,8 +77,8 @@ def measure(cfg: ReproduceConfig, first_train: Stage, cpu: bool = False, repeats
     step = iter(range(10 ** 6))
     train = _timed(lambda: trainer.train_step(next(step)), 1, repeats, acc.device)
 
-    side = cfg.resolution // latent_scale(trainer.vae)
-    rows = 2 * 2 * GENERATE_BATCH  # pairs x (global, anomaly) x (uncond, cond)
+    side = gen.resolution // latent_scale(trainer.vae)
+    rows = 2 * 2 * gen.batch_size  # pairs x (global, anomaly) x (uncond, cond)
     latents = torch.randn(rows, trainer.dual.unet.config.in_channels, side, side, device=acc.device)
     t = torch.full((rows,), 500, device=acc.device)
     context = torch.randn(rows, 77, trainer.dual.unet.config.cross_attention_dim, device=acc.device)
@@ -87,7 +90,6 @@ def measure(cfg: ReproduceConfig, first_train: Stage, cpu: bool = False, repeats
 
     sample_s = _timed(sample, 1, repeats, acc.device)
     del trainer
-    det_cfg = DetectorConfig()
     model = DiscriminativeUNet(det_cfg.base_width).to(acc.device)
     opt = torch.optim.Adam(model.parameters(), lr=det_cfg.lr)
     x = torch.randn(det_cfg.batch_size, 3, det_cfg.resolution, det_cfg.resolution, device=acc.device)
@@ -103,12 +105,25 @@ def measure(cfg: ReproduceConfig, first_train: Stage, cpu: bool = False, repeats
     return StepSeconds(train, sample_s, det, f"measured on {acc.device.type} ({repeats} steps each after warm-up)")
 
 
-def stage_hours(stage: Stage, cfg: ReproduceConfig, seconds: StepSeconds) -> float:
-    if stage.kind == "train":
-        return cfg.train_steps * seconds.train / 3600
-    if stage.kind == "generate":
-        return math.ceil(cfg.pairs / GENERATE_BATCH) * cfg.sample_steps * seconds.sample / 3600
-    from ..evaluation.training import DetectorConfig
+def detector_count(evaluate_options) -> int:
+    """Detectors an evaluation trains: one per set and seed. Sets: the synthetic and placed ones and the
+    baselines, and with ``--mix-real`` each of them but real-only again mixed with the shots (real-only
+    joining if it is not a baseline)."""
+    o = evaluate_options
+    baselines = [b for b in o.baselines if b != "none"]
+    given = len(o.synthetic) + len(o.placed)
+    sets = given + len(baselines)
+    if o.mix_real is not None:
+        sets += given + ("crop-paste" in baselines) + ("real-only" not in baselines)
+    return sets * len(o.seeds)
 
-    det = DetectorConfig()
-    return DETECTOR_SETS * det.total_steps * seconds.detector / 3600
+
+def stage_hours(stage: Stage, cfg: ReproduceConfig, seconds: StepSeconds) -> float:
+    from ..evaluation.cli_args import detector_config
+
+    opts = stage_options(stage, cfg)
+    if stage.kind == "train":
+        return opts.steps * seconds.train / 3600
+    if stage.kind == "generate":
+        return math.ceil(opts.num_pairs / opts.batch_size) * opts.steps * seconds.sample / 3600
+    return detector_count(opts) * detector_config(opts).total_steps * seconds.detector / 3600

@@ -11,6 +11,8 @@ Layout under ``--output-dir``::
 """
 from __future__ import annotations
 
+import argparse
+import functools
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +164,8 @@ def status(stage: Stage, cfg: ReproduceConfig) -> str:
         from ..generation.generate import read_manifest
 
         done = len(read_manifest(stage.output)) if stage.output.is_dir() else 0
-        return "done" if done >= cfg.pairs else "partial" if done else "pending"
+        wanted = stage_options(stage, cfg).num_pairs  # -n passed through with --generate-args counts
+        return "done" if done >= wanted else "partial" if done else "pending"
     if stage.output.is_file():
         return "done"
     return "partial" if stage.output.parent.is_dir() else "pending"
@@ -175,3 +178,84 @@ def resume_flags(stage: Stage, cfg: ReproduceConfig) -> list:
     if stage.kind == "train" and not stage.output.is_file() and checkpoint_dirs(stage.output.parent):
         return ["--resume", "latest"]
     return []
+
+
+def passed_through(cfg: ReproduceConfig, kind: str) -> list:
+    """What the user gave with ``--KIND-args`` (without the ``--cpu`` that reproduce's own ``--cpu`` adds)."""
+    return [a for a in getattr(cfg, f"{kind}_args") if a != "--cpu"]
+
+
+def _refuse(message):
+    raise DualAnoDiffError(message)
+
+
+@functools.lru_cache(maxsize=None)
+def _command_parser(kind: str) -> argparse.ArgumentParser:
+    """The parser ``dualanodiff KIND`` runs with (abbreviations off), raising instead of exiting."""
+    from ..cli import build_parser
+
+    parser = build_parser().commands[kind]
+    parser.error = _refuse
+    return parser
+
+
+def _check_train(args, stage: Stage, cfg: ReproduceConfig) -> None:
+    from ..options import from_namespace
+    from ..training.train_args import TrainConfig, check_arguments
+
+    check_arguments(from_namespace(TrainConfig, args))
+
+
+def _check_generate(args, stage: Stage, cfg: ReproduceConfig) -> None:
+    from ..generation.generate import GenerateConfig, check_arguments
+    from ..options import from_namespace
+
+    config = from_namespace(GenerateConfig, args)
+    planned = model_file(cfg, stage.category, stage.defect)
+    try:
+        check_arguments(config)
+    except DualAnoDiffError as exc:
+        # the model it samples from is written by the training stage before it; the rules that come after the
+        # model file's check are checked when the stage starts
+        if planned.exists() or Path(config.checkpoint) != planned or not str(exc).startswith(f"--checkpoint {planned} "):
+            raise
+
+
+def _check_evaluate(args, stage: Stage, cfg: ReproduceConfig) -> None:
+    from ..evaluation.cli_args import check_data_flags, check_numbers
+
+    check_numbers(args)
+    check_data_flags(args)
+
+
+def stage_options(stage: Stage, cfg: ReproduceConfig) -> argparse.Namespace:
+    """The options ``stage`` will run with: its command line read by that command's own parser and held to
+    the command's rules on options (nothing is written, only folders given are looked at). A refusal names
+    the ``--KIND-args`` it came from, so a mistake there stops reproduce before any stage runs."""
+    parser = _command_parser(stage.kind)
+    try:
+        args = parser.parse_args(list(stage.argv))
+        {"train": _check_train, "generate": _check_generate, "evaluate": _check_evaluate}[stage.kind](args, stage, cfg)
+    except DualAnoDiffError as exc:
+        raise DualAnoDiffError(_refusal(stage.kind, cfg, str(exc), parser)) from None
+    return args
+
+
+def _refusal(kind: str, cfg: ReproduceConfig, message: str, parser) -> str:
+    if message.startswith("unrecognized arguments:"):
+        unknown = [a.split("=")[0] for a in message.split(":", 1)[1].split() if a.startswith("--")]
+        meant = sorted(o for o in parser._option_string_actions if any(o.startswith(u) for u in unknown))
+        if meant:
+            message += f" (did you mean {' or '.join(meant)}? options are not abbreviated)"
+    given = passed_through(cfg, kind)
+    if not given:
+        return f"dualanodiff {kind} would refuse the options reproduce gives it: {message}; change that reproduce option"
+    flag = f"--{kind}-args"
+    return (f"{flag} {shlex.quote(shlex.join(given))}: dualanodiff {kind} would refuse it: {message}; correct {flag} "
+            f"(`dualanodiff {kind} --help` lists the options)")
+
+
+def check_stages(stages: list, cfg: ReproduceConfig) -> None:
+    """Every stage's command line as its command will read it, before the first stage runs (and in the dry run)."""
+    for stage in stages:
+        stage_options(stage, cfg)
