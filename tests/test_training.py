@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from dualanodiff_core import load_checkpoint
 from dualanodiff_core.cli import main
+from dualanodiff_core.training import step as step_module
 from dualanodiff_core.training import trainer as trainer_module
 from synthetic_data import write_object_masks
 
@@ -93,15 +94,15 @@ def test_epoch_batches_pass_over_every_pair_once_per_pass_and_resume_alike():
 
     args = Namespace(batches="epoch", pairs_per_step=4, seed=3)
     g = torch.Generator()
-    passes = [torch.cat([trainer_module.batch_indices(args, 7, s, 0, g) for s in range(2 * e, 2 * e + 2)]) for e in range(3)]
+    passes = [torch.cat([step_module.batch_indices(args, 7, s, 0, g) for s in range(2 * e, 2 * e + 2)]) for e in range(3)]
     for p in passes:
         assert sorted(p.tolist()) == list(range(7)), "each pass holds every pair once (4 + the 3 left)"
     assert len({tuple(p.tolist()) for p in passes}) == 3, "each pass in its own order"
-    again = torch.cat([trainer_module.batch_indices(args, 7, s, 0, torch.Generator()) for s in (2, 3)])
+    again = torch.cat([step_module.batch_indices(args, 7, s, 0, torch.Generator()) for s in (2, 3)])
     assert torch.equal(again, passes[1]), "a step's pairs depend on seed, step and process only"
-    other = torch.cat([trainer_module.batch_indices(args, 7, s, 1, g) for s in (0, 1)])
+    other = torch.cat([step_module.batch_indices(args, 7, s, 1, g) for s in (0, 1)])
     assert not torch.equal(other, passes[0]), "processes draw their own passes"
-    random = trainer_module.batch_indices(Namespace(batches="random", pairs_per_step=4, seed=3), 7, 0, 0,
+    random = step_module.batch_indices(Namespace(batches="random", pairs_per_step=4, seed=3), 7, 0, 0,
                                           torch.Generator().manual_seed(1))
     assert torch.equal(random, torch.randint(7, (4,), generator=torch.Generator().manual_seed(1)))
 

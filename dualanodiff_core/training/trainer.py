@@ -1,8 +1,9 @@
 """``dualanodiff train``: few-shot dual-branch training (both UNet branch LoRAs, SAIM, the shared
-text-encoder LoRA through peft, and optionally BCM).
+text-encoder LoRA through peft, and optionally BCM) on diffusers models.
 
-Every step's randomness (which pairs, flips, timesteps, noise) comes from a generator seeded by
-(seed, step, process), so a resumed run takes exactly the steps an uninterrupted one would.
+The step itself (:mod:`.step`) is shared with the ComfyUI Train node: every step's randomness (which
+pairs, flips, timesteps, noise) comes from a generator seeded by (seed, step, process), so a resumed run
+takes exactly the steps an uninterrupted one would.
 """
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..formats.checkpoint import DualAnoDiffCheckpoint, layers_to_tensors, make_metadata, save_checkpoint
 from ..formats.base_model import place
 from .latent_cache import EncodedPairs
 from .data import PairTensors, flips_for, folder_pairs, load_object_masks, mvtec_pairs
-from ..runtime.diffusers_adapter import DualAnoDiffUNet, build_layers
+from ..runtime.diffusers_adapter import DualAnoDiffUNet, attention_dims
+from .step import StepModels, initial_layers, step_loss
 from ..image_io import grid, save_png
 from ..runtime.sampling import encode_prompts, latent_scale, make_scheduler, sample_pairs, vae_decode, vae_encode
 from ..formats.text_encoder_lora import add_text_encoder_lora, text_encoder_lora_tensors
@@ -29,24 +30,6 @@ from ..runtime.dtypes import torch_dtype
 from ..errors import DualAnoDiffError
 from ..processes import announce
 from .train_checkpoints import checkpoint_dirs, load_training_checkpoint, read_state, resolve_resume, save_training_checkpoint
-
-
-def step_generator(seed: int, step: int, process: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + process)
-
-
-def batch_indices(args, n_pairs: int, step: int, process: int, g: torch.Generator) -> torch.Tensor:
-    """Which pairs train at ``step``: drawn with replacement from ``g`` (``--batches random``), or the
-    step's slice of a shuffled pass over all pairs (``epoch``; the pass's order depends only on seed,
-    pass and process, so a resumed run draws what an uninterrupted one would)."""
-    size = args.pairs_per_step
-    if args.batches == "random":
-        return torch.randint(n_pairs, (size,), generator=g)
-    per_pass = math.ceil(n_pairs / size)
-    order = torch.randperm(n_pairs, generator=torch.Generator().manual_seed(
-        2 ** 40 + (args.seed * 1_000_003 + step // per_pass) * 1_009 + process))
-    start = (step % per_pass) * size
-    return order[start:start + size]
 
 
 def training_pairs(args) -> list:
@@ -95,7 +78,7 @@ class DualTrainer:
         self.vae = place(base.vae, self.device, self.weight_dtype)
         self.encoded = EncodedPairs(self.vae)
         unet = place(base.unet, self.device, self.weight_dtype)
-        layers = build_layers(unet, rank=args.rank, saim=not args.no_saim, bcm=args.bcm).to(self.device)
+        layers = initial_layers(attention_dims(unet), args.rank, saim=not args.no_saim, bcm=args.bcm).to(self.device)
         self.dual = DualAnoDiffUNet(unet, layers)
         self.text_encoder = place(base.text_encoder, self.device, self.weight_dtype)
         te_params = []
@@ -116,32 +99,14 @@ class DualTrainer:
         self.prompt_ids = base.tokenizer([args.prompt_global, args.prompt_anomaly], padding="max_length",
                                          max_length=base.tokenizer.model_max_length, truncation=True,
                                          return_tensors="pt").input_ids.to(self.device)
+        self.models = StepModels(
+            encoded=self.encoded, noise_schedule=self.noise_schedule, device=self.device,
+            weight_dtype=self.weight_dtype, prompts=lambda: self.te_p(self.prompt_ids)[0],
+            eps=lambda noisy, t, context, background: self.dual_p(noisy, t, context, background=background).sample,
+            encode_background=lambda pixels, g: vae_encode(self.vae, pixels, scaled=False, generator=g))
 
     def loss(self, step: int) -> torch.Tensor:
-        args, acc = self.args, self.acc
-        g = step_generator(args.seed, step, acc.process_index)
-        idx = batch_indices(args, len(self.data), step, acc.process_index, g)
-        n = len(idx)
-        flips = torch.rand(2, n, generator=g) < 0.5
-        flips &= torch.tensor(self.flips)[:, None]
-        batch = self.data.batch(idx, flips[0], flips[1])
-        with torch.no_grad():
-            keys = [(int(i), bool(h), bool(v)) for i, h, v in zip(idx, flips[0], flips[1])]
-            latents = self.encoded.latents(  # interleaved pairs
-                lambda: torch.stack([batch["image"], batch["anomaly"]], dim=1).flatten(0, 1), keys, g).float()
-            noise = torch.randn(latents.shape, generator=g).to(self.device)
-            t_pairs = torch.randint(0, self.noise_schedule.config.num_train_timesteps, (n,), generator=g).to(self.device)
-            t_rows = t_pairs.repeat_interleave(2)
-            noisy = self.noise_schedule.add_noise(latents, noise, t_rows)
-            background = None
-            if args.bcm:
-                bg = vae_encode(self.vae, batch["background"], scaled=False, generator=g).float()
-                bg_noise = torch.randn(bg.shape, generator=g).to(self.device)
-                background = self.noise_schedule.add_noise(bg, bg_noise, t_pairs).to(self.weight_dtype)
-        emb = self.te_p(self.prompt_ids)[0]
-        context = torch.stack([emb[0], emb[1]]).repeat(n, 1, 1)
-        pred = self.dual_p(noisy.to(self.weight_dtype), t_rows, context, background=background).sample
-        return F.mse_loss(pred.float(), noise)
+        return step_loss(self.args, self.data, self.flips, self.models, step, self.acc.process_index)
 
     def train_step(self, step: int) -> float:
         loss = self.loss(step)
