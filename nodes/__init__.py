@@ -2,6 +2,7 @@
 from .image_nodes import DualAnoDiffBackground, DualAnoDiffExtractMask, DualAnoDiffPasteBack, DualAnoDiffSaveDataset
 from .loader_nodes import DualAnoDiffLoader, DualAnoDiffLoraPairLoader, DualAnoDiffSAMLoader, DualAnoDiffU2NetLoader
 from .model_folders import register_model_folders
+from .training_nodes import DualAnoDiffTrain, DualAnoDiffTrainingPairs
 from .sampler_nodes import (
     DualAnoDiffApplyBackground,
     DualAnoDiffPairConditioning,
@@ -29,6 +30,8 @@ _NODES = {
     "DualAnoDiffExtractMask": (DualAnoDiffExtractMask, "DualAnoDiff Extract Mask"),
     "DualAnoDiffPasteBack": (DualAnoDiffPasteBack, "DualAnoDiff Paste Back (placement)"),
     "DualAnoDiffSaveDataset": (DualAnoDiffSaveDataset, "DualAnoDiff Save Dataset"),
+    "DualAnoDiffTrainingPairs": (DualAnoDiffTrainingPairs, "DualAnoDiff Training Pairs"),
+    "DualAnoDiffTrain": (DualAnoDiffTrain, "DualAnoDiff Train"),
 }
 NODE_CLASS_MAPPINGS = {name: cls for name, (cls, _) in _NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {name: label for name, (_, label) in _NODES.items()}

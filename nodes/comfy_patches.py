@@ -109,7 +109,7 @@ def find_patch_set(model_patcher):
     return None
 
 
-def _model_object(model_patcher, name: str):
+def model_object(model_patcher, name: str):
     """The module at ``name`` as this MODEL sees it (another pack's object patch included), also while
     some clone of the same model has its object patches applied."""
     if hasattr(model_patcher, "get_model_object"):
@@ -137,7 +137,7 @@ def apply_dual_patches(model_patcher, bank, strengths: Strengths):
             continue
         for target in LORA_PROJECTIONS:
             name = f"diffusion_model.{site.comfy_path}.{LORA_PROJECTIONS[target]}"
-            patched.add_object_patch(name, with_branch_lora(_model_object(model_patcher, name), patch_set,
+            patched.add_object_patch(name, with_branch_lora(model_object(model_patcher, name), patch_set,
                                                             site.block, site.attention, target))
     patched.set_model_attn1_output_patch(OutputPatch(patch_set, "attn1"))
     patched.set_model_attn2_output_patch(OutputPatch(patch_set, "attn2"))

@@ -113,19 +113,28 @@ def _filters(resample: str):
     return (Image.BILINEAR, Image.BILINEAR) if resample == "bilinear" else (Image.BICUBIC, Image.NEAREST)
 
 
+def _rgb_at(im, size: int, resample: str = "bilinear") -> np.ndarray:
+    """A PIL image as float RGB in [0, 1] at ``size`` (resized to cover, centre-cropped)."""
+    return np.asarray(_resize_crop(im.convert("RGB"), size, _filters(resample)[0]), dtype=np.float32) / 255.0
+
+
+def _mask_at(im, size: int, resample: str = "bilinear") -> np.ndarray:
+    """A PIL mask as 0/1 at ``size``: kept where the resampled mask is >= 0.5 (128 of 255)."""
+    return (np.asarray(_resize_crop(im.convert("L"), size, _filters(resample)[1])) > 127).astype(np.float32)
+
+
 def _load_rgb(path: Path, size: int, resample: str = "bilinear") -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
-        return np.asarray(_resize_crop(im.convert("RGB"), size, _filters(resample)[0]), dtype=np.float32) / 255.0
+        return _rgb_at(im, size, resample)
 
 
 def _load_mask(path: Path, size: int, resample: str = "bilinear") -> np.ndarray:
-    """Binary mask at ``size``: kept where the resampled mask is >= 0.5 (128 of 255)."""
     from PIL import Image
 
     with Image.open(path) as im:
-        return (np.asarray(_resize_crop(im.convert("L"), size, _filters(resample)[1])) > 127).astype(np.float32)
+        return _mask_at(im, size, resample)
 
 
 def _resize_crop(im, size: int, resample):
@@ -175,15 +184,47 @@ def check_pairs(pairs: list) -> None:
         raise DataError("unusable training data:\n  " + "\n  ".join(problems))
 
 
+def check_image_pairs(images: list, masks: list, names: list) -> None:
+    """:func:`check_pairs` for pairs in memory (PIL images): a mask per image, of its size, not empty."""
+    if not images:
+        raise DataError("no training pairs: give at least one defect image with its mask")
+    if len(masks) != len(images):
+        raise DataError(f"{len(images)} images but {len(masks)} masks: give one mask per image")
+    problems = []
+    for name, im, m in zip(names, images, masks):
+        if m.size != im.size:
+            problems.append(f"{name}: mask {m.size[0]}x{m.size[1]} differs from image {im.size[0]}x{im.size[1]}")
+        elif not (np.asarray(m.convert("L")) > 127).any():
+            problems.append(f"{name}: empty mask (no defect pixels); paint the defect in the mask")
+    if problems:
+        raise DataError("unusable training data:\n  " + "\n  ".join(problems))
+
+
 class PairTensors:
     """All training pairs in memory at one resolution: images in [-1, 1], masks in {0, 1},
     optional backgrounds (object removed) in [-1, 1]. Few-shot data is small."""
 
     def __init__(self, pairs: list, resolution: int, object_masks: list | None = None, resample: str = "bilinear"):
         check_pairs(pairs)
+        self._fill(pairs, [_load_rgb(p.image, resolution, resample) for p in pairs],
+                   [_load_mask(p.mask, resolution, resample) for p in pairs], resolution, object_masks)
+
+    @classmethod
+    def from_images(cls, images: list, masks: list, names: list, resolution: int, resample: str = "bilinear",
+                    object_masks: list | None = None) -> "PairTensors":
+        """Pairs given as PIL images (e.g. from ComfyUI's IMAGE and MASK), resized exactly as files are;
+        ``names`` stand in for the files in messages and provenance."""
+        check_image_pairs(images, masks, names)
+        pairs = [Pair(Path(n), Path(n)) for n in names]
+        obj = cls.__new__(cls)
+        obj._fill(pairs, [_rgb_at(im, resolution, resample) for im in images],
+                  [_mask_at(m, resolution, resample) for m in masks], resolution, object_masks)
+        return obj
+
+    def _fill(self, pairs: list, images: list, masks: list, resolution: int, object_masks: list | None) -> None:
         self.pairs = pairs
-        self.images = torch.from_numpy(np.stack([_load_rgb(p.image, resolution, resample) for p in pairs])).permute(0, 3, 1, 2) * 2 - 1
-        self.masks = torch.from_numpy(np.stack([_load_mask(p.mask, resolution, resample) for p in pairs])).unsqueeze(1)
+        self.images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2 - 1
+        self.masks = torch.from_numpy(np.stack(masks)).unsqueeze(1)
         self.backgrounds = None
         if object_masks is not None:
             obj = torch.stack([torch.as_tensor(m, dtype=torch.float32).reshape(1, resolution, resolution) for m in object_masks])

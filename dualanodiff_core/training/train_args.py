@@ -173,6 +173,19 @@ def check_arguments(args) -> None:
         raise DualAnoDiffError("--bcm needs --u2net FILE or --object-masks DIR to cut the object out of the backgrounds")
     if (args.u2net or args.object_masks) and not args.bcm:
         raise DualAnoDiffError("--u2net/--object-masks only serve --bcm (the background module); add --bcm or drop them")
+    check_numbers(args)
+    if args.name is not None:
+        checks.folder_name(args.name, "--name")
+    for flag in ("mvtec", "images", "masks", "object_masks", "tokenizer", "comfyui", "model_config"):
+        if getattr(args, flag) is not None:
+            checks.input_dir(getattr(args, flag), f"--{flag.replace('_', '-')}")
+    if args.u2net is not None:
+        checks.input_file(args.u2net, "--u2net")
+    checks.output_dir(args.output_dir, "--output-dir")
+
+
+def check_numbers(args) -> None:
+    """The rules on the numeric options (also the ComfyUI Train node's)."""
     for flag in ("steps", "rank", "pairs_per_step", "validation_pairs", "validation_steps", "log_every"):
         if getattr(args, flag) is not None:
             checks.at_least(getattr(args, flag), 1, f"--{flag.replace('_', '-')}")
@@ -183,14 +196,6 @@ def check_arguments(args) -> None:
     if args.lr <= 0:
         raise DualAnoDiffError(f"--lr must be above 0, got {args.lr}")
     checks.resolution(args.resolution)
-    if args.name is not None:
-        checks.folder_name(args.name, "--name")
-    for flag in ("mvtec", "images", "masks", "object_masks", "tokenizer", "comfyui", "model_config"):
-        if getattr(args, flag) is not None:
-            checks.input_dir(getattr(args, flag), f"--{flag.replace('_', '-')}")
-    if args.u2net is not None:
-        checks.input_file(args.u2net, "--u2net")
-    checks.output_dir(args.output_dir, "--output-dir")
 
 
 def parse_args(argv=None) -> TrainConfig:

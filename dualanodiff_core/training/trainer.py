@@ -146,18 +146,22 @@ class DualTrainer:
             self.text_encoder.train()
 
     def final_checkpoint(self, name: str, provenance: dict) -> Path:
-        layers = self.acc.unwrap_model(self.dual_p).dual_layers
-        tensors = layers_to_tensors(layers)
-        components = ["unet_lora"] + ([] if getattr(self.args, "no_saim", False) else ["saim"]) + (["bcm"] if self.args.bcm else [])
-        te = text_encoder_lora_tensors(self.acc.unwrap_model(self.te_p))
-        if te:
-            components.append("text_encoder_lora")
-            for module, (down, up) in te.items():
-                tensors[f"text_encoder.{module}.down"] = down
-                tensors[f"text_encoder.{module}.up"] = up
-        prompts = {"global": self.args.prompt_global, "anomaly": self.args.prompt_anomaly, "negative": ""}
-        ckpt = DualAnoDiffCheckpoint(tensors, make_metadata(self.args.rank, components, prompts, provenance))
+        ckpt = trained_checkpoint(self.args, self.acc.unwrap_model(self.dual_p).dual_layers,
+                                  text_encoder_lora_tensors(self.acc.unwrap_model(self.te_p)), provenance)
         return save_checkpoint(Path(self.args.output_dir) / f"{name}.safetensors", ckpt, dtype=torch_dtype(self.args.save_dtype))
+
+
+def trained_checkpoint(args, layers, text_encoder_lora: dict, provenance: dict) -> DualAnoDiffCheckpoint:
+    """The checkpoint of trained ``layers`` and the text encoder's ``{canonical name: (down, up)}``."""
+    tensors = layers_to_tensors(layers)
+    components = ["unet_lora"] + ([] if getattr(args, "no_saim", False) else ["saim"]) + (["bcm"] if args.bcm else [])
+    if text_encoder_lora:
+        components.append("text_encoder_lora")
+        for module, (down, up) in text_encoder_lora.items():
+            tensors[f"text_encoder.{module}.down"] = down
+            tensors[f"text_encoder.{module}.up"] = up
+    prompts = {"global": args.prompt_global, "anomaly": args.prompt_anomaly, "negative": ""}
+    return DualAnoDiffCheckpoint(tensors, make_metadata(args.rank, components, prompts, provenance))
 
 
 def run_config(args) -> dict:
@@ -240,9 +244,10 @@ def train(args: TrainConfig) -> Path:
     if args.report_to != "none":
         acc.init_trackers("dualanodiff", config={k: v for k, v in run_config(args).items() if isinstance(v, (int, float, str, bool))})
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train", disable=not acc.is_local_main_process)
-    began, loss = time.perf_counter(), math.nan
+    began, loss, losses = time.perf_counter(), math.nan, []
     for step in bar:
         loss = trainer.train_step(step)
+        losses.append(loss)
         done = step + 1
         bar.set_postfix(loss=f"{loss:.4f}", s_per_step=f"{(time.perf_counter() - began) / (done - start):.2f}")
         if args.report_to != "none" and done % args.log_every == 0:
@@ -256,7 +261,8 @@ def train(args: TrainConfig) -> Path:
     path = None
     if acc.is_main_process:
         provenance = {"trainer": "dualanodiff train", "base_model": Path(args.base_model).name, "steps": args.steps,
-                      "pairs": [p.image.name for p in trainer.data.pairs], "seed": args.seed, "final_loss": loss}
+                      "pairs": [p.image.name for p in trainer.data.pairs], "seed": args.seed, "final_loss": loss,
+                      "losses": [round(v, 6) for v in losses], "first_step": start}
         path = trainer.final_checkpoint(name, provenance)
     acc.end_training()
     return path

@@ -400,3 +400,122 @@ def run_graph(prompt: dict) -> GraphRun:
         run.outputs = {k: _unwrap(v) for k, v in executor.outputs.items()}
         run.ui = dict(executor.outputs_ui)
     return run
+
+
+# --- tiny text encoder and VAE as ComfyUI objects -------------------------------------------------
+
+def comfy_clip_from_transformers(text_encoder, tokenizer_dir):
+    """A ComfyUI SD1.x CLIP (CPU, fp32) holding exactly the weights of a transformers CLIPTextModel,
+    tokenizing with the CLIP vocabulary in `tokenizer_dir` (vocab.json + merges.txt) and padding with
+    the pad id the CLI's tokenizer uses. Output: the last layer after the final layer norm."""
+    import functools
+    import json
+    import tempfile
+
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+    from dualanodiff_core.formats.base_model import load_tokenizer
+
+    cfg = text_encoder.config
+    cli_tokenizer = load_tokenizer(Path(tokenizer_dir))
+    start, end = cli_tokenizer("")["input_ids"]  # ComfyUI reads its start/end tokens the same way
+    pad = cli_tokenizer.pad_token_id
+
+    tokenizer_args = {"tokenizer_path": str(tokenizer_dir), "embedding_size": cfg.hidden_size}
+    if pad != end:  # ComfyUI pads with the end token unless told otherwise
+        if "pad_token" in inspect.signature(comfy.sd1_clip.SDTokenizer).parameters:
+            tokenizer_args["pad_token"] = pad
+        elif pad == 0:
+            tokenizer_args["pad_with_end"] = False
+        else:
+            raise ValueError(f"this ComfyUI copy can only pad with the end token or 0, not {pad}")
+    tokenizer = functools.partial(comfy.sd1_clip.SD1Tokenizer,
+                                  tokenizer=functools.partial(comfy.sd1_clip.SDTokenizer, **tokenizer_args))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / "text_config.json"  # the March 2024 copy only takes a path
+        config_path.write_text(json.dumps(cfg.to_dict(), default=str))
+
+        def clip_model(**params):
+            params["dtype"] = torch.float32  # ComfyUI picks fp16 for text encoders, even on CPU
+            return comfy.sd1_clip.SD1ClipModel(
+                **params, clip_model=comfy.sd1_clip.SDClipModel, textmodel_json_config=str(config_path),
+                special_tokens={"start": start, "end": end, "pad": pad})
+
+        with torch.no_grad():  # the March 2024 copy writes weights in its constructor (ComfyUI runs it so)
+            clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(tokenizer, clip_model))
+
+    module = getattr(clip.cond_stage_model, clip.cond_stage_model.clip).transformer
+    src = {k if k.startswith("text_model.") else f"text_model.{k}": v.detach().to(torch.float32).clone()
+           for k, v in text_encoder.state_dict().items() if not k.endswith("position_ids")}
+    # ComfyUI sizes the token embedding for CLIP-L's 49408 tokens whatever the config says
+    vocab, width = src["text_model.embeddings.token_embedding.weight"].shape
+    embedding = module.get_input_embeddings()
+    if embedding.weight.shape != (vocab, width):
+        embedding.weight = torch.nn.Parameter(torch.empty(vocab, width), requires_grad=False)
+        embedding.num_embeddings = vocab
+    # not part of CLIPTextModel; it only projects the pooled output, which the CLI does not use
+    src["text_projection.weight"] = torch.eye(width)
+    dst = module.state_dict()
+    assert set(src) == set(dst), (
+        f"unfilled: {sorted(set(dst) - set(src))[:5]}, extra: {sorted(set(src) - set(dst))[:5]}")
+    bad = [k for k in dst if dst[k].shape != src[k].shape]
+    assert not bad, f"shape mismatch: {[(k, dst[k].shape, src[k].shape) for k in bad[:5]]}"
+    module.load_state_dict(src, strict=True)
+    for mod in module.modules():
+        if isinstance(mod, torch.nn.LayerNorm):
+            mod.eps = cfg.layer_norm_eps
+    assert all(torch.isfinite(t).all() for t in module.state_dict().values()), "non-finite weights"
+    return clip
+
+
+def comfy_vae_from_diffusers(vae):
+    """A ComfyUI SD1.x VAE (CPU, fp32) holding exactly the weights of a diffusers AutoencoderKL."""
+    from unittest import mock
+
+    import comfy.ldm.modules.diffusionmodules.model as ae_blocks
+    import comfy.sd
+    from comfy.diffusers_convert import convert_vae_state_dict
+
+    cfg = vae.config
+    chans = list(cfg.block_out_channels)
+    assert all(c % chans[0] == 0 for c in chans), chans
+    assert 2 ** (len(chans) - 1) == 8 and cfg.latent_channels == 4, "ComfyUI's SD VAE: factor 8, 4 channels"
+    assert getattr(cfg, "mid_block_add_attention", True) and getattr(cfg, "use_quant_conv", True) \
+        and getattr(cfg, "use_post_quant_conv", True), "ComfyUI's AutoencoderKL always has these"
+    norms = {(m.num_groups, m.eps) for m in vae.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert len(norms) == 1, norms
+    ((groups, eps),) = norms
+
+    ddconfig = {"double_z": True, "z_channels": cfg.latent_channels, "resolution": cfg.sample_size,
+                "in_channels": cfg.in_channels, "out_ch": cfg.out_channels, "ch": chans[0],
+                "ch_mult": [c // chans[0] for c in chans], "num_res_blocks": cfg.layers_per_block,
+                "attn_resolutions": [], "dropout": 0.0}
+    sd = {k: v.detach().to(torch.float32).clone() for k, v in convert_vae_state_dict(vae.state_dict()).items()}
+
+    # ComfyUI hard-codes 32 norm groups, which torch refuses for fewer than 32 channels, so the
+    # tiny group count has to be in place while the blocks are built (norm_op defaults are bound
+    # at definition time in newer copies; the `ops` namespace they call is looked up at call time)
+    base_ops = ae_blocks.ops
+
+    class GroupNorm(base_ops.GroupNorm):
+        def __init__(self, num_groups, num_channels, *args, **kwargs):
+            super().__init__(groups, num_channels, *args, **kwargs)
+
+    tiny_ops = type("TinyVAEOps", (base_ops,), {"GroupNorm": GroupNorm})
+    with mock.patch.object(ae_blocks, "ops", tiny_ops):
+        comfy_vae = comfy.sd.VAE(sd=sd, device=torch.device("cpu"), dtype=torch.float32,
+                                 config={"params": {"ddconfig": ddconfig, "embed_dim": cfg.latent_channels}})
+
+    fsm = comfy_vae.first_stage_model
+    dst = fsm.state_dict()
+    assert set(sd) == set(dst), f"unfilled: {sorted(set(dst) - set(sd))[:5]}, extra: {sorted(set(sd) - set(dst))[:5]}"
+    bad = [k for k in dst if dst[k].shape != sd[k].shape]
+    assert not bad, f"shape mismatch: {[(k, dst[k].shape, sd[k].shape) for k in bad[:5]]}"
+    fsm.load_state_dict(sd, strict=True)
+    comfy_norms = {(m.num_groups, m.eps) for m in fsm.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert comfy_norms == norms, (comfy_norms, norms)
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in fsm.state_dict().values()
+               if t.is_floating_point()), "non-finite or non-fp32 weights"
+    return comfy_vae

@@ -1,0 +1,211 @@
+"""ComfyUI's own MODEL, CLIP and VAE as the training step's models (``dualanodiff_core.training.step``).
+
+- UNet: DualAnoDiff's patches (``comfy_patches``) on a clone of the MODEL, their layers trainable; the
+  step calls the diffusion model with the clone's transformer options, so every weight patch on the
+  MODEL (a LoRA loaded before) is part of what trains.
+- CLIP: the shared text-encoder LoRA as object patches on a clone of the CLIP (each q/k/v/out projection
+  of CLIP's self-attention adds ``up(down(x))``); prompts are encoded through ComfyUI's own CLIP.
+- VAE: the posterior of ComfyUI's VAE (its encoder and quant conv), sampled by the step's generator as
+  ``dualanodiff train`` samples diffusers' (ComfyUI's public encode gives the mean or a sample, by version).
+
+ComfyUI runs nodes in inference mode and the weights it loads are inference tensors, which autograd
+cannot save: :func:`thaw` replaces them, one tensor at a time, by ordinary tensors with the same values.
+"""
+from __future__ import annotations
+
+import copy
+import re
+
+import torch
+import torch.nn.functional as F
+
+from ..dualanodiff_core.errors import DualAnoDiffError
+
+# transformers' CLIPAttention registers k, v, q, out in this order; peft initialises the CLI's LoRA in it
+_CLIP_PROJECTION_ORDER = ("k_proj", "v_proj", "q_proj", "out_proj")
+_CLIP_PROJECTION = re.compile(r"encoder\.layers\.(\d+)\.self_attn\.(k_proj|v_proj|q_proj|out_proj)$")
+
+
+def thaw(module: torch.nn.Module) -> None:
+    """Inference tensors of ``module`` (parameters and buffers) replaced by ordinary copies, frozen."""
+    with torch.inference_mode(False):
+        for sub in module.modules():
+            for name, p in list(sub._parameters.items()):
+                if p is not None and p.is_inference():
+                    sub._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+                elif p is not None:
+                    p.requires_grad_(False)
+            for name, b in list(sub._buffers.items()):
+                if b is not None and b.is_inference():
+                    sub._buffers[name] = b.clone()
+
+
+class TrainingBank:
+    """The trainable layers of every attention site, handed to the patches as they are (no per-device
+    copies: gradients must reach these very parameters)."""
+
+    def __init__(self, layers: dict):
+        self.layers = layers
+
+    @property
+    def has_saim(self) -> bool:
+        return any(layer.saim is not None for layer in self.layers.values())
+
+    @property
+    def has_bcm(self) -> bool:
+        return any(layer.bcm is not None for layer in self.layers.values())
+
+    def get(self, block: tuple, attention: str, like: torch.Tensor):
+        return self.layers.get(block + (attention,))
+
+
+def trainable_unet(model, args):
+    """(patched clone of ``model``, the layers keyed as in a checkpoint, the random generator's state after
+    them) with fresh layers initialised exactly as ``dualanodiff train`` initialises them for ``args.seed``."""
+    from ..dualanodiff_core.model.layers import layer_key
+    from ..dualanodiff_core.model.strengths import Strengths
+    from ..dualanodiff_core.training.step import initial_layers
+    from .attention_sites import attention_sites
+    from .comfy_patches import model_object, apply_dual_patches
+
+    sites = attention_sites(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        layers = initial_layers([s.dims for s in sites], args.rank, saim=not args.no_saim, bcm=args.bcm)
+        state = torch.random.get_rng_state()  # the text-encoder LoRA is drawn next, as in dualanodiff train
+    by_site = {s.block + (s.attention,): layers[layer_key(s.diffusers_path)] for s in sites}
+    patched = apply_dual_patches(model, TrainingBank(by_site), Strengths(1.0, 1.0, 1.0))
+    for block in {s.comfy_path.rsplit(".", 1)[0] for s in sites}:
+        for norm in ("norm1", "norm2", "norm3"):
+            name = f"diffusion_model.{block}.{norm}"
+            patched.add_object_patch(name, _subclass_copy(model_object(model, name), _InputCopied))
+    return patched, layers, state
+
+
+class _InputCopied:
+    """Mixin of a copied transformer-block norm: normalises a copy of its input. The March 2024 copy of
+    ComfyUI adds the attention output to the block's input in place, after the norm kept that input
+    for the backward pass; the copy keeps it intact."""
+
+    def forward(self, x, *args, **kwargs):
+        return super().forward(x.clone() if torch.is_grad_enabled() else x, *args, **kwargs)
+
+
+class _LoraLinear:
+    """Mixin of a copied CLIP projection: its own output plus ``up(down(x))`` (peft's LoRA at scale 1)."""
+
+    def forward(self, x, *args, **kwargs):
+        out = super().forward(x, *args, **kwargs)
+        down, up = self.__dict__["_dualanodiff_lora"]
+        return out + F.linear(F.linear(x, down.to(x.dtype)), up.to(x.dtype)).to(out.dtype)
+
+
+_classes: dict = {}
+
+
+class _OutOfPlaceLayer:
+    """Mixin of a copied CLIP layer: ComfyUI's CLIP layer adds its attention and MLP outputs to ``x`` in
+    place, which autograd refuses once ``x`` is needed for a backward pass; the same sums, out of place."""
+
+    def forward(self, x, mask=None, optimized_attention=None):
+        x = x + self.self_attn(self.layer_norm1(x), mask, optimized_attention)
+        return x + self.mlp(self.layer_norm2(x))
+
+
+def _subclass_copy(module, mixin: type, **attributes):
+    """A copy of ``module`` (sharing its parameters and submodules) whose class puts ``mixin`` first."""
+    key = (mixin, type(module))
+    cls = _classes.get(key)
+    if cls is None:
+        cls = _classes[key] = type(f"DualAnoDiff{mixin.__name__.strip('_')}{type(module).__name__}",
+                                   (mixin, type(module)), {"__module__": __name__})
+    wrapped = copy.copy(module)
+    wrapped.__class__ = cls
+    wrapped.__dict__.update(attributes)
+    return wrapped
+
+
+def clip_projections(clip) -> dict:
+    """``{canonical name: module name under the CLIP patcher's model}`` for q/k/v/out of every CLIP
+    self-attention, in transformers' module order (layer by layer: k, v, q, out)."""
+    found = {}
+    for name, module in clip.patcher.model.named_modules():
+        m = _CLIP_PROJECTION.search(name)
+        if m and isinstance(module, torch.nn.Linear):
+            found[(int(m[1]), _CLIP_PROJECTION_ORDER.index(m[2]))] = (
+                f"text_model.encoder.layers.{m[1]}.self_attn.{m[2]}", name, module)
+    if not found:
+        raise DualAnoDiffError("this CLIP has no CLIP-L self-attention layers; DualAnoDiff trains SD 1.x checkpoints")
+    return {canonical: (name, module) for _, (canonical, name, module) in sorted(found.items())}
+
+
+def trainable_clip(clip, rank: int, rng_state: torch.Tensor, device) -> tuple:
+    """(clone of ``clip`` carrying a fresh trainable text-encoder LoRA, {canonical: (down, up)} parameters),
+    initialised as ``dualanodiff train``'s peft LoRA is (from ``rng_state``, where the UNet layers left it)."""
+    from ..dualanodiff_core.training.step import initial_text_encoder_lora
+
+    projections = clip_projections(clip)
+    shapes = [(c, m.in_features, m.out_features) for c, (_, m) in projections.items()]
+    with torch.random.fork_rng(devices=[]):
+        torch.random.set_rng_state(rng_state)
+        initial = initial_text_encoder_lora(shapes, rank)
+    patched = clip.clone()
+    lora = {}
+    for canonical, (name, module) in projections.items():
+        down, up = (torch.nn.Parameter(t.to(device, torch.float32)) for t in initial[canonical])
+        lora[canonical] = (down, up)
+        patched.patcher.add_object_patch(name, _subclass_copy(module, _LoraLinear, _dualanodiff_lora=(down, up)))
+    for name in {name.rsplit(".self_attn.", 1)[0] for name, _ in projections.values()}:
+        layer = comfy_utils().get_attr(patched.patcher.model, name)
+        patched.patcher.add_object_patch(name, _subclass_copy(layer, _OutOfPlaceLayer))
+    return patched, lora
+
+
+def comfy_utils():
+    import comfy.utils
+
+    return comfy.utils
+
+
+def prompt_tokens(clip, prompt: str):
+    """ComfyUI's tokens of ``prompt``, refused where ComfyUI would read it otherwise than the CLI's tokenizer
+    (weights in brackets, more than one 77-token chunk)."""
+    tokens = clip.tokenize(prompt)
+    for chunks in tokens.values():
+        if len(chunks) != 1:
+            raise DualAnoDiffError(f"prompt {prompt!r} is longer than one 77-token chunk; shorten it (training "
+                                   "uses one chunk, as dualanodiff train does)")
+        if any(t[1] != 1.0 for t in chunks[0]):
+            raise DualAnoDiffError(f"prompt {prompt!r} carries ComfyUI weights such as (word:1.2); train with a "
+                                   "plain prompt (escape brackets as \\( \\))")
+    return tokens
+
+
+class VAEPosterior:
+    """diffusers' VAE interface over a ComfyUI VAE, for the step's latent cache: ``encode(x).latent_dist``
+    is the posterior of ComfyUI's encoder, ``config.scaling_factor`` the MODEL's latent scale."""
+
+    class _Config:
+        def __init__(self, scaling_factor: float):
+            self.scaling_factor = scaling_factor
+
+    class _Encoded:
+        def __init__(self, latent_dist):
+            self.latent_dist = latent_dist
+
+    def __init__(self, vae, scaling_factor: float):
+        self.vae = vae
+        self.config = self._Config(scaling_factor)
+
+    def parameters(self):
+        return self.vae.first_stage_model.parameters()
+
+    def encode(self, x: torch.Tensor):
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        model = self.vae.first_stage_model
+        moments = model.encoder(x)
+        quant = getattr(model, "quant_conv", None)
+        if quant is not None:
+            moments = quant(moments)
+        return self._Encoded(DiagonalGaussianDistribution(moments))
