@@ -128,9 +128,12 @@ def _subclass_copy(module, mixin: type, **attributes):
 def clip_projections(clip) -> dict:
     """``{canonical name: module name under the CLIP patcher's model}`` for q/k/v/out of every CLIP
     self-attention, in transformers' module order (layer by layer: k, v, q, out)."""
+    from .comfy_patches import model_object
+
     found = {}
-    for name, module in clip.patcher.model.named_modules():
+    for name, _ in clip.patcher.model.named_modules():
         m = _CLIP_PROJECTION.search(name)
+        module = model_object(clip.patcher, name) if m else None  # as this CLIP sees it, not another clone's patch
         if m and isinstance(module, torch.nn.Linear):
             found[(int(m[1]), _CLIP_PROJECTION_ORDER.index(m[2]))] = (
                 f"text_model.encoder.layers.{m[1]}.self_attn.{m[2]}", name, module)
@@ -143,6 +146,7 @@ def trainable_clip(clip, rank: int, rng_state: torch.Tensor, device) -> tuple:
     """(clone of ``clip`` carrying a fresh trainable text-encoder LoRA, {canonical: (down, up)} parameters),
     initialised as ``dualanodiff train``'s peft LoRA is (from ``rng_state``, where the UNet layers left it)."""
     from ..dualanodiff_core.training.step import initial_text_encoder_lora
+    from .comfy_patches import model_object
 
     projections = clip_projections(clip)
     shapes = [(c, m.in_features, m.out_features) for c, (_, m) in projections.items()]
@@ -156,15 +160,8 @@ def trainable_clip(clip, rank: int, rng_state: torch.Tensor, device) -> tuple:
         lora[canonical] = (down, up)
         patched.patcher.add_object_patch(name, _subclass_copy(module, _LoraLinear, _dualanodiff_lora=(down, up)))
     for name in {name.rsplit(".self_attn.", 1)[0] for name, _ in projections.values()}:
-        layer = comfy_utils().get_attr(patched.patcher.model, name)
-        patched.patcher.add_object_patch(name, _subclass_copy(layer, _OutOfPlaceLayer))
+        patched.patcher.add_object_patch(name, _subclass_copy(model_object(clip.patcher, name), _OutOfPlaceLayer))
     return patched, lora
-
-
-def comfy_utils():
-    import comfy.utils
-
-    return comfy.utils
 
 
 def prompt_tokens(clip, prompt: str):

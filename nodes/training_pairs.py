@@ -48,6 +48,8 @@ def pairs_from_tensors(images, masks) -> TrainingPairs:
     """Pairs from an IMAGE batch (B, H, W, 3) in [0, 1] and a MASK batch (B, H, W), white on the defect."""
     from PIL import Image
 
+    from ..dualanodiff_core.training.data import check_image_pairs
+
     if images is None or masks is None:
         raise DualAnoDiffError("connect both images and masks (a mask per image, painted where the defect is)")
     if masks.ndim == 2:
@@ -59,6 +61,7 @@ def pairs_from_tensors(images, masks) -> TrainingPairs:
     pil_images = [Image.fromarray(to_uint8(im)[..., :3]) for im in images]
     pil_masks = [Image.fromarray(np.where(to_uint8(m) > 127, 255, 0).astype(np.uint8)) for m in masks]
     names = [f"image {i}" for i in range(len(pil_images))]
+    check_image_pairs(pil_images, pil_masks, names)
     return TrainingPairs(source=f"{len(names)} images from the graph", images=pil_images, masks=pil_masks, names=names)
 
 

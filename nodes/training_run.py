@@ -113,6 +113,11 @@ def train_node(model, clip, vae, pairs: TrainingPairs, *, name: str, precision: 
 
     if not isinstance(pairs, TrainingPairs):
         raise DualAnoDiffError("the pairs input must come from DualAnoDiff Training Pairs")
+    import comfy.supported_models
+
+    if not isinstance(model.model.model_config, comfy.supported_models.SD15):
+        raise DualAnoDiffError(f"this MODEL is {type(model.model.model_config).__name__}, not Stable Diffusion 1.5: "
+                               "DualAnoDiff trains SD 1.x checkpoints; load one with Load Checkpoint")
     args = TrainConfig(base_model=Path("ComfyUI MODEL"), output_dir=Path("."), **options)
     check_numbers(args)
     checkpoint_path(name)  # the name, before anything runs
@@ -127,8 +132,9 @@ def train_node(model, clip, vae, pairs: TrainingPairs, *, name: str, precision: 
         bar.update_absolute(step, total, preview)
         comfy.model_management.throw_exception_if_processing_interrupted()
 
-    path, losses = train(model, clip, vae, pairs, args, name, overwrite, save_dtype,
-                         None if dtype == torch.float32 else dtype, progress)
+    with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; training needs autograd
+        path, losses = train(model, clip, vae, pairs, args, name, overwrite, save_dtype,
+                             None if dtype == torch.float32 else dtype, progress)
     dual_model, dual_clip, _ = load_dual_model(model, clip, str(path), 1.0, 1.0, 1.0, 1.0)
     curve = np.asarray(loss_curve(losses, total_steps=args.steps), np.float32) / 255
     return dual_model, dual_clip, torch.from_numpy(curve)[None], path.name

@@ -49,8 +49,17 @@ NODE_SPECS = {
                              ["feather"], [("image", "IMAGE"), ("mask", "MASK")]),
     "DualAnoDiffSaveDataset": ([("images", "IMAGE"), ("masks", "MASK"), ("anomaly_images", "IMAGE")],
                                ["object_name", "defect_name", "layout", "folder"], []),
+    "DualAnoDiffTrainingPairs": ([("images", "IMAGE"), ("masks", "MASK")], ["folder", "defect", "split"],
+                                 [("pairs", "DUALANODIFF_PAIRS"), ("preview", "IMAGE")]),
+    "DualAnoDiffTrain": (
+        [("model", "MODEL"), ("clip", "CLIP"), ("vae", "VAE"), ("pairs", "DUALANODIFF_PAIRS")],
+        ["name", "steps", "learning_rate", "rank", "pairs_per_step", "resolution", "seed", "+control_fixed",
+         "text_encoder_lora", "saim", "prompt_global", "prompt_anomaly", "precision", "save_precision", "overwrite",
+         "flip", "resample", "batches", "weight_decay", "max_grad_norm"],
+        [("model", "MODEL"), ("clip", "CLIP"), ("loss_curve", "IMAGE"), ("checkpoint", "STRING")]),
 }
-UI_ONLY_VALUES = {"+control_after_generate": "randomize", "+upload": "image"}
+# a training seed stays fixed: "randomize" would train a new model at every queue
+UI_ONLY_VALUES = {"+control_after_generate": "randomize", "+control_fixed": "fixed", "+upload": "image"}
 
 SD15 = "v1-5-pruned-emaonly.safetensors"
 CHECKPOINT = "bottle_broken_large.safetensors"
@@ -117,8 +126,28 @@ def workflows() -> dict:
     place[25] = ("DualAnoDiffSaveDataset", {"images": (54, 0), "masks": (54, 1), "anomaly_images": (22, 0),
                                             "object_name": "bottle", "defect_name": "broken_large", "layout": "both",
                                             "folder": "dualanodiff_placed"})
+    # training in the graph: your defect photos (images/ + masks/ under ComfyUI's input folder) -> Train ->
+    # the trained model straight into the paired sampler
+    train = {**base, **_common(CHECKPOINT, (1, 0), (1, 1)),
+             60: ("DualAnoDiffTrainingPairs", {"folder": "my_defects", "defect": "", "split": "floor"}),
+             61: ("DualAnoDiffTrain", {"model": (1, 0), "clip": (1, 1), "vae": (1, 2), "pairs": (60, 0),
+                                       "name": "my_defect", "steps": 5000, "learning_rate": 2e-5, "rank": 32,
+                                       "pairs_per_step": 4, "resolution": 512, "seed": 0, "text_encoder_lora": True,
+                                       "saim": True, "prompt_global": "a vfx with sks", "prompt_anomaly": "sks",
+                                       "precision": "auto", "save_precision": "fp16", "overwrite": False,
+                                       "flip": "reference", "resample": "bilinear", "batches": "random",
+                                       "weight_decay": 0.01, "max_grad_norm": 1.0}),
+             62: ("PreviewImage", {"images": (61, 2)}),
+             63: ("PreviewImage", {"images": (60, 1)})}
+    del train[10]
+    for prompt in (11, 12, 13):
+        train[prompt] = (train[prompt][0], {**train[prompt][1], "clip": (61, 1)})
+    train[20] = _sampler((61, 0), (11, 0), (12, 0), (13, 0), (14, 0))
+    train[25] = ("DualAnoDiffSaveDataset", {"images": (21, 0), "masks": (23, 0), "anomaly_images": (22, 0),
+                                            "object_name": "my_part", "defect_name": "my_defect", "layout": "both",
+                                            "folder": "dualanodiff"})
     return {"dualanodiff_basic": basic, "dualanodiff_bcm": bcm, "dualanodiff_controlnet_lora": mixed,
-            "dualanodiff_place_on_image": place}
+            "dualanodiff_place_on_image": place, "dualanodiff_train_and_generate": train}
 
 
 def to_api(graph: dict) -> dict:
@@ -209,6 +238,7 @@ TITLES = {
     "dualanodiff_bcm": "DualAnoDiff BCM: background from a normal sample",
     "dualanodiff_controlnet_lora": "DualAnoDiff with LoRA + ControlNet",
     "dualanodiff_place_on_image": "DualAnoDiff: defects on your own image",
+    "dualanodiff_train_and_generate": "DualAnoDiff: train on your defects, then generate",
 }
 
 
