@@ -166,14 +166,19 @@ def _layout(graph: dict) -> dict:
             depth[i] = 1 + max((d(s) for s in sources), default=-1)
         return depth[i]
 
-    rows: dict = {}
+    tops: dict = {}
     pos = {}
     for i in sorted(graph):
         col = d(i)
-        row = rows.get(col, 0)
-        rows[col] = row + 1
-        pos[i] = [40 + 360 * col, 40 + 240 * row]
+        top = tops.get(col, 40)
+        tops[col] = top + _height(graph[i][0]) + 40
+        pos[i] = [40 + 360 * col, top]
     return pos
+
+
+def _height(cls: str) -> int:
+    link_inputs, widgets, _ = NODE_SPECS[cls]
+    return 60 + 26 * (len(link_inputs) + len(widgets))
 
 
 def to_ui(graph: dict) -> dict:
@@ -196,7 +201,7 @@ def to_ui(graph: dict) -> dict:
         link_inputs, widgets, outputs = NODE_SPECS[cls]
         values = [UI_ONLY_VALUES[w] if w.startswith("+") else inputs[w] for w in widgets]
         nodes.append({
-            "id": i, "type": cls, "pos": pos[i], "size": [320, 60 + 26 * (len(link_inputs) + len(widgets))],
+            "id": i, "type": cls, "pos": pos[i], "size": [320, _height(cls)],
             "flags": {}, "order": order, "mode": 0,
             "inputs": [{"name": n, "type": t, "link": link_of.get((i, s))} for s, (n, t) in enumerate(link_inputs)],
             "outputs": [{"name": n, "type": t, "links": out_links.get((i, s), []), "slot_index": s}
