@@ -176,9 +176,11 @@ def _add_demo(sub) -> None:
     p.add_argument("--base-model", type=Path, default=d.base_model, help="base model folder (default: the shipped "
                    "tiny model trained on the toy world)")
     p.add_argument("--no-ablation", action="store_true", help="skip the model trained without SAIM")
-    p.add_argument("--evaluate", action="store_true", help="also train a small detector on each generated set and on "
-                   "the two baselines (real-only, crop-and-paste) and score it on a held-out toy test set, as "
-                   "`dualanodiff evaluate` does (about a minute more on 2 CPU cores)")
+    p.add_argument("--evaluate", action="store_true", help="also run the --place stage, then answer 'do generated "
+                   "pairs help my few real defects?' as `dualanodiff evaluate --mix-real` does: a small detector, 8 "
+                   "seeds each, trained on each generated set (placed included), on the two baselines (real-only, "
+                   "crop-and-paste) and on the few real shots with each set added, scored on a held-out toy test set; "
+                   "prints the table and writes evaluation/report.md (about 10 minutes more on 2 CPU cores)")
     p.add_argument("--place", action="store_true", help="also put the SAIM model's defects on normal images of the "
                    "world (generate --on-images --region auto) and report how much stays inside the regions and "
                    "whether anything outside them changed (a few seconds more)")
