@@ -69,8 +69,12 @@ def preview(pairs: TrainingPairs) -> torch.Tensor:
     """(N, H, W, 3) images with their masks tinted red, all at the first pair's size."""
     from PIL import Image
 
+    def read(path, mode):
+        with Image.open(path) as im:
+            return im.convert(mode)
+
     if pairs.files is not None:
-        opened = [(Image.open(p.image).convert("RGB"), Image.open(p.mask).convert("L")) for p in pairs.files]
+        opened = [(read(p.image, "RGB"), read(p.mask, "L")) for p in pairs.files]
     else:
         opened = list(zip(pairs.images, pairs.masks))
     size = opened[0][0].size
