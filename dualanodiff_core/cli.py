@@ -168,8 +168,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--sample-steps", type=int, default=d.sample_steps, help="sampling steps (default: %(default)s)")
     p.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=d.scheduler, help="sampler of both generation "
                    "stages, as generate's --scheduler (default: %(default)s, Euler ancestral: measured against DDIM in "
-                   "the README's demo section)")
-    p.add_argument("--guidance", type=float, default=d.guidance, help="classifier-free guidance of the plain demo (default: %(default)s; the --place stage uses 2.5, measured in the README)")
+                   "docs/demo.md)")
+    p.add_argument("--guidance", type=float, default=d.guidance, help="classifier-free guidance of the plain demo (default: %(default)s; the --place stage uses 2.5, measured in docs/demo.md)")
     p.add_argument("--mask-threshold", type=float, default=d.mask_threshold, help="grey-distance threshold of the "
                    "masks cut out of the anomaly images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")

@@ -5,7 +5,7 @@
     .venv/bin/python scripts/train_tiny_base.py --vae dualanodiff_core/demo/model --out /tmp/unet_rerun
     .venv/bin/python scripts/compare_base_models.py dualanodiff_core/demo/model /tmp/unet_rerun
 
-Float training does not give the same bytes on another CPU (see the README), so a re-run of
+Float training does not give the same bytes on another CPU (see docs/demo.md), so a re-run of
 ``train_tiny_base.py`` is checked against the shipped weights by the stages of the demo's stage table
 that the base model decides:
 

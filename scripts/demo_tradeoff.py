@@ -4,7 +4,7 @@ other (run it on an otherwise idle machine: the times are the point), and a tabl
     .venv/bin/python scripts/demo_tradeoff.py --out /tmp/tradeoff            # all option sets
     .venv/bin/python scripts/demo_tradeoff.py --out /tmp/tradeoff --only shipped rank8
     .venv/bin/python scripts/demo_tradeoff.py --out /tmp/tradeoff --scheduler ddim --base-model STAGE1
-        # the README's table: DDIM on the STAGE1 base, the settings when the training options were chosen
+        # docs/demo.md's table: DDIM on the STAGE1 base, the settings when the training options were chosen
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ machines: re-runs on other machines, same torch and diffusers, differed from STA
 tensor of the stage they re-ran, so the shipped files are the reference. What the demo needs of the base
 model does reproduce: ``scripts/compare_base_models.py`` puts a re-run's stage figures beside STAGE1's
 (autoencoder within 0.01 for every defect kind, UNet shape fidelity 0.885 against 0.890; the
-README's demo section has the table, and the demo run on a re-run UNet).
+docs/demo.md has the table, and the demo run on a re-run UNet).
 Runtime of the default recipe: about 65 minutes on 2 idle CPU cores of the machine that trained it
 (VAE 2500 steps at 0.36 s, UNet 8000 steps at 0.35 s); on a slower one the VAE stage took 28 minutes and
 the UNet stage 85 (0.64 s a step). The two stages can run separately: ``--vae-only --out V`` writes the

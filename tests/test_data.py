@@ -104,7 +104,7 @@ def _real_shaped_mask(size: int = 1024, seed: int = 0) -> np.ndarray:
 
 def test_reference_resampling_is_bilinear_then_half_and_differs_from_nearest_only_at_edges(tmp_path):
     """Measured over 10 such masks at 512 px: 0.12 % of pixels differ between the bilinear (reference)
-    and the nearest-neighbour masks, IoU 0.975, every difference on the boundary (docs in the README)."""
+    and the nearest-neighbour masks, IoU 0.975, every difference on the boundary (docs/cli.md, train)."""
     from dualanodiff_core.training.data import _load_mask, _load_rgb
 
     mask = _real_shaped_mask()

@@ -95,7 +95,7 @@ def test_compare_base_models_reports_the_vae_stage_and_the_weights_that_differ(t
     assert report["weights"]["vae"]["tensors"] == n and report["weights"]["vae"]["differing"] == 1
     assert report["weights"]["vae"]["largest"] == ["decoder.conv_out.bias", pytest.approx(0.25, abs=1e-3)]
     stage = report[str(shipped)]["vae"]
-    # the shipped VAE's figures in the README's stage table (another CPU may round the fourth digit)
+    # the shipped VAE's figures in docs/demo.md's stage table (another CPU may round the fourth digit)
     assert stage["scratch"]["alignment_ceiling"] == pytest.approx(0.858, abs=0.005)
     assert stage["crack"]["alignment_ceiling"] == pytest.approx(0.844, abs=0.005)
     assert stage["scratch"]["area_ratio"] == pytest.approx(1.36, abs=0.01)
@@ -117,7 +117,7 @@ def test_compare_base_models_reports_the_base_model_stage_of_whole_models(tmp_pa
     report = json.loads(capsys.readouterr().out)
     assert {k: v["differing"] for k, v in report["weights"].items()} == {"vae": 0, "unet": 1, "text_encoder": 0}
     shipped, shifted = report[str(DEMO_MODEL)], report[str(copy)]
-    # the README's stage table: the shipped base model's plain samples score 0.900
+    # docs/demo.md's stage table: the shipped base model's plain samples score 0.900
     assert shipped["base_model"]["shape_fidelity"] == pytest.approx(0.900, abs=0.005)
     assert shipped["base_model"]["object_share"] == 1.0
     # what the UNet keeps of real objects it is handed: shapes survive t = 300 (0.926, the VAE alone

@@ -26,7 +26,7 @@ from ..generation.placement import AUTO_GROW
 IMAGES, VARIATIONS = 16, 2
 ANOMALY_OUTSIDE = "canvas"  # generate's default --anomaly-outside (scripts/measure_placement.py compares both)
 # The plain demo's guidance. With DDIM it was 6 (at 2.5 the anomaly branch drew no defect in a third of
-# the small regions); with Euler ancestral, the README's sweep at generate's default --region-grow 1
+# the small regions); with Euler ancestral, docs/demo.md's sweep at generate's default --region-grow 1
 # (seeds 0 and 1) gives alignment IoU in region 0.808 / 0.813 / 0.811 at 2.5 / 4 / 6 with the defect area
 # ratio 1.26 / 1.94 / 2.63: the same fit, defects nearest the training size at 2.5
 GUIDANCE = 2.5

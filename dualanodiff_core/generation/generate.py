@@ -123,13 +123,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     place.add_argument("--region-grow", type=float, metavar="F", help="with --region auto: each side of the drawn "
                        "defect's box grows by F times its size and 2 px, so the box is (1 + 2F) times the defect plus "
                        "4 px (default: 1, measured in the demo world: at 0.25 a third of the defects were cut short "
-                       "or not drawn; see the README)")
+                       "or not drawn; see docs/demo.md)")
     place.add_argument("--training-masks", type=Path, help="for --region auto: the few-shot defect masks the "
                        "checkpoint was trained on (their sizes)")
     place.add_argument("--anomaly-outside", choices=("canvas", "free"), default="canvas", help="the anomaly branch "
                        "outside the region: canvas (held to its empty mid-grey canvas outside the latent cells lying "
                        "wholly inside the region, so it draws the defect inside it) or free (drawn anywhere, its mask "
-                       "cut to the region) (default: canvas; the demo world measures both, see the README)")
+                       "cut to the region) (default: canvas; the demo world measures both, see docs/demo.md)")
     place.add_argument("--variations", type=int, default=1, help="pairs per image, each from its own seed "
                        "(default: 1)")
     use_defaults_of(p, GenerateConfig)

@@ -165,7 +165,7 @@ def threshold_object_mask(image: np.ndarray, threshold: float = 0.1) -> np.ndarr
 
 
 # --region-grow's default: the box is 3 times the drawn training defect's size (plus 4 px), so the
-# model has room to draw a whole defect of that size inside it. Measured in the demo world (README):
+# model has room to draw a whole defect of that size inside it. Measured in the demo world (docs/demo.md):
 # grown by a quarter, a third of the defects were cut short by the box or not drawn at all
 AUTO_GROW = 1.0
 
