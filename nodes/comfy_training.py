@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dualanodiff_core.errors import DualAnoDiffError
+from .branch_layers import LayerBank
 
 # transformers' CLIPAttention registers k, v, q, out in this order; peft initialises the CLI's LoRA in it
 _CLIP_PROJECTION_ORDER = ("k_proj", "v_proj", "q_proj", "out_proj")
@@ -40,20 +41,9 @@ def thaw(module: torch.nn.Module) -> None:
                     sub._buffers[name] = b.clone()
 
 
-class TrainingBank:
+class TrainingBank(LayerBank):
     """The trainable layers of every attention site, handed to the patches as they are (no per-device
     copies: gradients must reach these very parameters)."""
-
-    def __init__(self, layers: dict):
-        self.layers = layers
-
-    @property
-    def has_saim(self) -> bool:
-        return any(layer.saim is not None for layer in self.layers.values())
-
-    @property
-    def has_bcm(self) -> bool:
-        return any(layer.bcm is not None for layer in self.layers.values())
 
     def get(self, block: tuple, attention: str, like: torch.Tensor):
         return self.layers.get(block + (attention,))
@@ -74,7 +64,7 @@ def trainable_unet(model, args):
         layers = initial_layers([s.dims for s in sites], args.rank, saim=not args.no_saim, bcm=args.bcm)
         state = torch.random.get_rng_state()  # the text-encoder LoRA is drawn next, as in dualanodiff train
     by_site = {s.block + (s.attention,): layers[layer_key(s.diffusers_path)] for s in sites}
-    patched = apply_dual_patches(model, TrainingBank(by_site), Strengths(1.0, 1.0, 1.0))
+    patched = apply_dual_patches(model, TrainingBank(by_site, "training"), Strengths(1.0, 1.0, 1.0))
     for block in {s.comfy_path.rsplit(".", 1)[0] for s in sites}:
         for norm in ("norm1", "norm2", "norm3"):
             name = f"diffusion_model.{block}.{norm}"
