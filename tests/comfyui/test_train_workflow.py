@@ -198,4 +198,4 @@ def test_bad_input_is_refused_and_nothing_is_written(pack, setup, models, case, 
                 model.model.model_config = comfy.supported_models.SD20.__new__(comfy.supported_models.SD20)
             node.DualAnoDiffTrain().train(model, clip, vae, pairs, name, **settings)
     assert message in str(raised.value)
-    assert (sorted(p.name for p in folder.iterdir()) if folder.exists() else []) == before
+    assert (sorted(p.name for p in folder.iterdir()) if folder.exists() else []) == sorted(before)
