@@ -17,6 +17,7 @@ import copy
 import re
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 
 from ..dualanodiff_core.errors import DualAnoDiffError
@@ -69,7 +70,36 @@ def trainable_unet(model, args):
         for norm in ("norm1", "norm2", "norm3"):
             name = f"diffusion_model.{block}.{norm}"
             patched.add_object_patch(name, _subclass_copy(model_object(model, name), _InputCopied))
+    if args.gradient_checkpointing:
+        for name in checkpointed_layers(model):
+            patched.add_object_patch(name, _subclass_copy(model_object(model, name), _Checkpointed))
     return patched, layers, state
+
+
+def checkpointed_layers(model) -> list:
+    """Names of the UNet's residual and transformer layers: what gradient checkpointing recomputes (the
+    block containers are not called as modules, ComfyUI steps through their layers itself)."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+    from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+
+    return [f"diffusion_model.{name}" for name, module in model.model.diffusion_model.named_modules()
+            if _LAYER.match(name) and isinstance(module, (ResBlock, SpatialTransformer))]
+
+
+_LAYER = re.compile(r"^(input_blocks\.\d+|middle_block|output_blocks\.\d+)\.\d+$")
+
+
+class _Checkpointed:
+    """Mixin of a copied UNet layer: its activations are recomputed in the backward pass instead of kept.
+    The transformer options dict is copied for the recomputation, as ComfyUI moves its block keys on
+    before the backward pass comes back to this layer."""
+
+    def forward(self, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            return super().forward(*args, **kwargs)
+        args = [dict(a) if isinstance(a, dict) else a for a in args]
+        kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()}
+        return torch.utils.checkpoint.checkpoint(super().forward, *args, use_reentrant=False, **kwargs)
 
 
 class _InputCopied:

@@ -97,6 +97,9 @@ class DualAnoDiffTrain:
                                          "anomalous object); plain words, no (weights)."}),
             "prompt_anomaly": ("STRING", {"default": d.prompt_anomaly, "tooltip": "Prompt of the anomaly branch (the "
                                           "defect alone)."}),
+            "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Recompute the UNet's activations "
+                                           "in the backward pass instead of keeping them: less memory, slower "
+                                           "steps, the same weights."}),
             "precision": _choice(("auto", "fp32", "bf16", "fp16"), "auto", "Compute precision: auto = the dtype "
                                  "ComfyUI loaded the model in (fp16/bf16 run under autocast; the trained weights stay fp32)."),
             "save_precision": _choice(("fp16", "bf16", "fp32"), d.save_dtype, "Precision of the saved checkpoint."),
@@ -116,13 +119,14 @@ class DualAnoDiffTrain:
         }}
 
     def train(self, model, clip, vae, pairs, name, steps, learning_rate, rank, pairs_per_step, resolution, seed,
-              text_encoder_lora, saim, prompt_global, prompt_anomaly, precision, save_precision, overwrite,
-              flip="reference", resample="bilinear", batches="random", weight_decay=0.01, max_grad_norm=1.0):
+              text_encoder_lora, saim, prompt_global, prompt_anomaly, gradient_checkpointing, precision, save_precision,
+              overwrite, flip="reference", resample="bilinear", batches="random", weight_decay=0.01, max_grad_norm=1.0):
         from .training_run import train_node
 
         return train_node(model, clip, vae, pairs, name=name, steps=steps, lr=learning_rate, rank=rank,
                           pairs_per_step=pairs_per_step, resolution=resolution, seed=seed,
                           no_text_encoder_lora=not text_encoder_lora, no_saim=not saim, prompt_global=prompt_global,
-                          prompt_anomaly=prompt_anomaly, precision=precision, save_dtype=save_precision,
+                          prompt_anomaly=prompt_anomaly, gradient_checkpointing=gradient_checkpointing,
+                          precision=precision, save_dtype=save_precision,
                           overwrite=overwrite, flip=flip, resample=resample, batches=batches,
                           weight_decay=weight_decay, max_grad_norm=max_grad_norm)

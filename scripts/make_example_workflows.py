@@ -54,7 +54,8 @@ NODE_SPECS = {
     "DualAnoDiffTrain": (
         [("model", "MODEL"), ("clip", "CLIP"), ("vae", "VAE"), ("pairs", "DUALANODIFF_PAIRS")],
         ["name", "steps", "learning_rate", "rank", "pairs_per_step", "resolution", "seed", "+control_fixed",
-         "text_encoder_lora", "saim", "prompt_global", "prompt_anomaly", "precision", "save_precision", "overwrite",
+         "text_encoder_lora", "saim", "prompt_global", "prompt_anomaly", "gradient_checkpointing", "precision",
+         "save_precision", "overwrite",
          "flip", "resample", "batches", "weight_decay", "max_grad_norm"],
         [("model", "MODEL"), ("clip", "CLIP"), ("loss_curve", "IMAGE"), ("checkpoint", "STRING")]),
 }
@@ -134,7 +135,7 @@ def workflows() -> dict:
                                        "name": "my_defect", "steps": 5000, "learning_rate": 2e-5, "rank": 32,
                                        "pairs_per_step": 4, "resolution": 512, "seed": 0, "text_encoder_lora": True,
                                        "saim": True, "prompt_global": "a vfx with sks", "prompt_anomaly": "sks",
-                                       "precision": "auto", "save_precision": "fp16", "overwrite": False,
+                                       "gradient_checkpointing": False, "precision": "auto", "save_precision": "fp16", "overwrite": False,
                                        "flip": "reference", "resample": "bilinear", "batches": "random",
                                        "weight_decay": 0.01, "max_grad_norm": 1.0}),
              62: ("PreviewImage", {"images": (61, 2)}),

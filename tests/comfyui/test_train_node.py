@@ -18,7 +18,7 @@ from workflow_fixtures import pack_module
 STEPS = 20
 SETTINGS = dict(steps=STEPS, learning_rate=1e-3, rank=4, pairs_per_step=2, resolution=64, seed=3,
                 text_encoder_lora=True, saim=True, prompt_global="a vfx with sks", prompt_anomaly="sks",
-                precision="fp32", save_precision="fp32", overwrite=False)
+                gradient_checkpointing=False, precision="fp32", save_precision="fp32", overwrite=False)
 
 
 @pytest.fixture(scope="module")
@@ -58,19 +58,32 @@ def _pairs(pack, shots):
     return node.collect(str(shots), "", "floor")
 
 
-def test_node_equals_the_cli_step_for_step(pack, shots, comfy_models, tiny_sd, tmp_path):
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "gradient-checkpointing"])
+def test_node_equals_the_cli_step_for_step(pack, shots, comfy_models, tiny_sd, tmp_path, checkpointing, monkeypatch):
     import folder_paths
+    import torch.utils.checkpoint
 
+    recomputed = []
+    real_checkpoint = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint",
+                        lambda fn, *a, **k: recomputed.append(fn) or real_checkpoint(fn, *a, **k))
     pairs, preview = _pairs(pack, shots)
     assert preview.shape == (3, 64, 64, 3)
-    model_out, clip_out, curve, filename = _node_train(pack, comfy_models, pairs, "equal")
-    assert filename == "equal.safetensors" and curve.shape[0] == 1 and curve.shape[-1] == 3
+    name = f"equal_{checkpointing}"
+    model_out, clip_out, curve, filename = _node_train(pack, comfy_models, pairs, name,
+                                                       gradient_checkpointing=checkpointing)
+    assert filename == f"{name}.safetensors" and curve.shape[0] == 1 and curve.shape[-1] == 3
     node_ckpt = open_checkpoint(folder_paths.get_full_path("dualanodiff", filename))
+    # every residual and transformer layer of the UNet is recomputed once per step (12 in the tiny one)
+    layers = pack_module(pack, "nodes.comfy_training").checkpointed_layers(comfy_models[0])
+    assert len(layers) == 12 and len(recomputed) == (len(layers) * STEPS if checkpointing else 0), len(recomputed)
+    recomputed.clear()
 
     assert main(["train", "--base-model", str(tiny_sd), "--images", str(shots / "images"), "--masks",
                  str(shots / "masks"), "--resolution", "64", "--steps", str(STEPS), "--rank", "4", "--pairs-per-step",
                  "2", "--lr", "1e-3", "--seed", "3", "--save-dtype", "fp32", "--checkpoint-every", "0",
-                 "--validate-every", "0", "--output-dir", str(tmp_path / "cli"), "--name", "cli"]) == 0
+                 "--validate-every", "0", "--output-dir", str(tmp_path / "cli"), "--name", "cli",
+                 *(["--gradient-checkpointing"] if checkpointing else [])]) == 0
     cli_ckpt = open_checkpoint(tmp_path / "cli" / "cli.safetensors")
 
     node_losses, cli_losses = node_ckpt.provenance["losses"], cli_ckpt.provenance["losses"]
