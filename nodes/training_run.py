@@ -36,9 +36,6 @@ class TrainingPairs:
     names: list = field(default_factory=list)
     category: str | None = None  # the MVTec category, for its flip rule
 
-    def __len__(self) -> int:
-        return len(self.files) if self.files is not None else len(self.images)
-
     def tensors(self, resolution: int, resample: str):
         from ..dualanodiff_core.training.data import PairTensors
 
@@ -88,12 +85,11 @@ def state_folder(name: str) -> Path:
     return Path(folder_paths.get_output_directory()) / "dualanodiff-training" / name
 
 
-def _recorded_settings(path: Path) -> dict | None:
+def _provenance(path: Path) -> dict:
+    """The provenance a checkpoint's metadata records ({} for none)."""
     from ..dualanodiff_core.formats.checkpoint import read_safetensors
 
-    metadata = read_safetensors(path)[1]
-    provenance = json.loads(metadata.get("provenance", "{}") or "{}")
-    return provenance.get("settings") if provenance.get("trainer") == TRAINER else None
+    return json.loads(read_safetensors(path)[1].get("provenance", "{}") or "{}")
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -104,6 +100,7 @@ def train_node(model, clip, vae, pairs: TrainingPairs, *, name: str, precision: 
     """The Train node: (MODEL, CLIP, loss curve IMAGE, checkpoint file name). ``options``: the core
     ``TrainConfig`` fields the node exposes."""
     import comfy.model_management
+    import comfy.supported_models
     import comfy.utils
     import numpy as np
 
@@ -113,8 +110,6 @@ def train_node(model, clip, vae, pairs: TrainingPairs, *, name: str, precision: 
 
     if not isinstance(pairs, TrainingPairs):
         raise DualAnoDiffError("the pairs input must come from DualAnoDiff Training Pairs")
-    import comfy.supported_models
-
     if not isinstance(model.model.model_config, comfy.supported_models.SD15):
         raise DualAnoDiffError(f"this MODEL is {type(model.model.model_config).__name__}, not Stable Diffusion 1.5: "
                                "DualAnoDiff trains SD 1.x checkpoints; load one with Load Checkpoint")
@@ -156,9 +151,9 @@ def train(model, clip, vae, pairs: TrainingPairs, args, name: str, overwrite: bo
     final = checkpoint_path(name)
     settings = _settings(args, pairs, unet_hash(model), save_dtype)
     if final.exists():
-        recorded = _recorded_settings(final)
-        if recorded == json.loads(json.dumps(settings)):
-            return final, json.loads(_provenance(final)).get("losses", [])
+        recorded = _provenance(final)
+        if recorded.get("trainer") == TRAINER and recorded.get("settings") == json.loads(json.dumps(settings)):
+            return final, recorded.get("losses", [])
         if not overwrite:
             raise DualAnoDiffError(f"{final} already exists (made with other settings or by another trainer); turn "
                                    "on 'overwrite' to replace it, or choose another name")
@@ -167,9 +162,10 @@ def train(model, clip, vae, pairs: TrainingPairs, args, name: str, overwrite: bo
     run = _ComfyRun(model, clip, vae, args, data, pairs, autocast_dtype)
     start, losses = 0, []
     found = checkpoint_dirs(state_root)
-    if found and read_state(found[-1]).get("settings") == json.loads(json.dumps(settings)):
+    state = read_state(found[-1]) if found else {}
+    if state.get("settings") == json.loads(json.dumps(settings)):
         start = load_training_checkpoint(found[-1], run.trainable, run.optimizer)
-        losses = list(read_state(found[-1]).get("losses", []))[:start]
+        losses = list(state.get("losses", []))[:start]
     elif state_root.exists():
         shutil.rmtree(state_root)  # an interrupted run with other settings: it cannot be continued
 
@@ -188,8 +184,6 @@ def train(model, clip, vae, pairs: TrainingPairs, args, name: str, overwrite: bo
         if len(losses) > start:
             keep_state(len(losses))  # cancelled (or failed) at a step boundary: queue the graph again to continue
         raise
-    finally:
-        run.close()
     provenance = {"trainer": TRAINER, "settings": settings, "steps": args.steps, "seed": args.seed,
                   "pairs": list(pairs.names), "final_loss": losses[-1] if losses else math.nan,
                   "losses": [round(v, 6) for v in losses]}
@@ -197,12 +191,6 @@ def train(model, clip, vae, pairs: TrainingPairs, args, name: str, overwrite: bo
     save_checkpoint(final, ckpt, dtype=torch_dtype(save_dtype))
     shutil.rmtree(state_root, ignore_errors=True)
     return final, losses
-
-
-def _provenance(path: Path) -> str:
-    from ..dualanodiff_core.formats.checkpoint import read_safetensors
-
-    return read_safetensors(path)[1].get("provenance", "{}")
 
 
 def _settings(args, pairs: TrainingPairs, base_hash: str, save_dtype: str) -> dict:
@@ -289,6 +277,3 @@ class _ComfyRun:
 
     def text_encoder_lora(self) -> dict:
         return {c: (down.detach(), up.detach()) for c, (down, up) in self.te_lora.items()}
-
-    def close(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
