@@ -52,7 +52,7 @@ def _choice(options: tuple, default: str, tooltip: str) -> tuple:
 
 class DualAnoDiffTrain:
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Trains a DualAnoDiff model (both branch LoRAs, SAIM, the text-encoder LoRA) on the few-shot pairs, "
+    DESCRIPTION = ("Trains a DualAnoDiff model (both branch LoRAs, SAIM, the text-encoder LoRA; BCM with object masks or U-2-Net) on the few-shot pairs, "
                    "on this MODEL, CLIP and VAE, with `dualanodiff train`'s steps: the same pairs, seed and settings give "
                    "the same weights. Saves models/dualanodiff/<name>.safetensors and outputs the model ready for the "
                    "Paired KSampler. Cancel stops at a step boundary; queue again to continue.")
@@ -116,11 +116,17 @@ class DualAnoDiffTrain:
                                        "tooltip": "AdamW weight decay."}),
             "max_grad_norm": ("FLOAT", {"default": d.max_grad_norm, "min": 0.0, "max": 100.0, "step": 0.1,
                                         "tooltip": "Gradient clipping norm (0 = off)."}),
+            "bcm_object_masks": ("MASK", {"tooltip": "Also train BCM (the background module): the object's mask (1 "
+                                          "on the object) for each pair, in the pairs' order and at their images' "
+                                          "size. The object is cut out of each training image to make its background."}),
+            "bcm_u2net": ("U2NET_MODEL", {"tooltip": "Also train BCM, finding each pair's object with U-2-Net (from "
+                                          "DualAnoDiff U-2-Net Loader) when no bcm_object_masks are given."}),
         }}
 
     def train(self, model, clip, vae, pairs, name, steps, learning_rate, rank, pairs_per_step, resolution, seed,
               text_encoder_lora, saim, prompt_global, prompt_anomaly, gradient_checkpointing, precision, save_precision,
-              overwrite, flip="reference", resample="bilinear", batches="random", weight_decay=0.01, max_grad_norm=1.0):
+              overwrite, flip="reference", resample="bilinear", batches="random", weight_decay=0.01, max_grad_norm=1.0,
+              bcm_object_masks=None, bcm_u2net=None):
         from .training_run import train_node
 
         return train_node(model, clip, vae, pairs, name=name, steps=steps, lr=learning_rate, rank=rank,
@@ -129,4 +135,5 @@ class DualAnoDiffTrain:
                           prompt_anomaly=prompt_anomaly, gradient_checkpointing=gradient_checkpointing,
                           precision=precision, save_dtype=save_precision,
                           overwrite=overwrite, flip=flip, resample=resample, batches=batches,
-                          weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+                          weight_decay=weight_decay, max_grad_norm=max_grad_norm, bcm_object_masks=bcm_object_masks,
+                          bcm_u2net=bcm_u2net)

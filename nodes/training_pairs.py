@@ -84,3 +84,34 @@ def preview(pairs: TrainingPairs) -> torch.Tensor:
         a = (np.asarray(m.resize(size, Image.NEAREST)) > 127)[..., None]
         out.append(np.where(a, 0.5 * x + 0.5 * np.array([1.0, 0.0, 0.0], np.float32), x))
     return torch.from_numpy(np.stack(out))
+
+
+def object_masks(pairs: TrainingPairs, resolution: int, resample: str, masks=None, u2net=None) -> list | None:
+    """BCM's object masks (1 = object), one per pair at ``resolution``: a MASK batch resized as
+    ``dualanodiff train --object-masks`` resizes mask files, or U-2-Net's saliency of the pair images
+    as ``--u2net`` computes it. None when neither is given (no BCM)."""
+    from PIL import Image
+
+    from ..dualanodiff_core.training.data import _mask_at
+
+    if masks is None and u2net is None:
+        return None
+    if masks is not None:
+        m = masks if masks.ndim == 3 else masks.reshape(-1, *masks.shape[-2:])
+        n = len(pairs.names)
+        if m.shape[0] not in (1, n):
+            raise DualAnoDiffError(f"bcm_object_masks holds {m.shape[0]} masks for {n} training pairs: give one "
+                                   "object mask per pair, in the pairs' order")
+        height, width = m.shape[-2:]
+        wrong = [f"{name} is {w}x{h}" for name, (w, h) in zip(pairs.names, pairs.sizes()) if (w, h) != (width, height)]
+        if wrong:
+            raise DualAnoDiffError(f"bcm_object_masks are {width}x{height} px but {', '.join(wrong)}: give each pair "
+                                   "an object mask of its image's size")
+        m = m.expand(n, height, width)
+        to_uint8 = (m.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        return [_mask_at(Image.fromarray(a), resolution) for a in to_uint8]
+    from ..dualanodiff_core.masks.u2net import saliency
+
+    images = torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in pairs.rgb(resolution, resample)])
+    with torch.no_grad():
+        return list(saliency(u2net, images)[:, 0].cpu())

@@ -36,12 +36,33 @@ class TrainingPairs:
     names: list = field(default_factory=list)
     category: str | None = None  # the MVTec category, for its flip rule
 
-    def tensors(self, resolution: int, resample: str):
+    def tensors(self, resolution: int, resample: str, object_masks: list | None = None):
+        """The pairs at ``resolution``; with ``object_masks`` (1 = object, one per pair) their BCM backgrounds."""
         from ..dualanodiff_core.training.data import PairTensors
 
         if self.files is not None:
-            return PairTensors(self.files, resolution, resample=resample)
-        return PairTensors.from_images(self.images, self.masks, self.names, resolution, resample)
+            return PairTensors(self.files, resolution, object_masks, resample=resample)
+        return PairTensors.from_images(self.images, self.masks, self.names, resolution, resample, object_masks)
+
+    def rgb(self, resolution: int, resample: str) -> list:
+        """Each pair's image as float RGB in [0, 1] at ``resolution``, resized as for training."""
+        from ..dualanodiff_core.training.data import _load_rgb, _rgb_at
+
+        if self.files is not None:
+            return [_load_rgb(p.image, resolution, resample) for p in self.files]
+        return [_rgb_at(im, resolution, resample) for im in self.images]
+
+    def sizes(self) -> list:
+        """Each pair's image size (width, height)."""
+        from PIL import Image
+
+        if self.files is None:
+            return [im.size for im in self.images]
+        sizes = []
+        for p in self.files:
+            with Image.open(p.image) as im:
+                sizes.append(im.size)
+        return sizes
 
     def fingerprint(self) -> str:
         """A hash of the pairs' pixels (file bytes, or the images' and masks' pixels)."""
@@ -96,9 +117,10 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 
 
 def train_node(model, clip, vae, pairs: TrainingPairs, *, name: str, precision: str, save_dtype: str,
-               overwrite: bool, **options) -> tuple:
+               overwrite: bool, bcm_object_masks=None, bcm_u2net=None, **options) -> tuple:
     """The Train node: (MODEL, CLIP, loss curve IMAGE, checkpoint file name). ``options``: the core
-    ``TrainConfig`` fields the node exposes."""
+    ``TrainConfig`` fields the node exposes; BCM trains when ``bcm_object_masks`` (a MASK, 1 = object, one
+    per pair) or ``bcm_u2net`` (which finds the objects) is given."""
     import comfy.model_management
     import comfy.supported_models
     import comfy.utils
@@ -107,15 +129,18 @@ def train_node(model, clip, vae, pairs: TrainingPairs, *, name: str, precision: 
     from ..dualanodiff_core.training.loss_curve import loss_curve
     from ..dualanodiff_core.training.train_args import TrainConfig, check_numbers
     from .loading import load_dual_model
+    from .training_pairs import object_masks
 
     if not isinstance(pairs, TrainingPairs):
         raise DualAnoDiffError("the pairs input must come from DualAnoDiff Training Pairs")
     if not isinstance(model.model.model_config, comfy.supported_models.SD15):
         raise DualAnoDiffError(f"this MODEL is {type(model.model.model_config).__name__}, not Stable Diffusion 1.5: "
                                "DualAnoDiff trains SD 1.x checkpoints; load one with Load Checkpoint")
-    args = TrainConfig(base_model=Path("ComfyUI MODEL"), output_dir=Path("."), **options)
+    bcm = bcm_object_masks is not None or bcm_u2net is not None
+    args = TrainConfig(base_model=Path("ComfyUI MODEL"), output_dir=Path("."), bcm=bcm, **options)
     check_numbers(args)
     checkpoint_path(name)  # the name, before anything runs
+    objects = object_masks(pairs, args.resolution, args.resample, bcm_object_masks, bcm_u2net)
     dtype = next(model.model.diffusion_model.parameters()).dtype if precision == "auto" else PRECISIONS[precision]
     bar = comfy.utils.ProgressBar(args.steps)
     every = max(1, args.steps // 20)
@@ -129,18 +154,19 @@ def train_node(model, clip, vae, pairs: TrainingPairs, *, name: str, precision: 
 
     with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; training needs autograd
         path, losses = train(model, clip, vae, pairs, args, name, overwrite, save_dtype,
-                             None if dtype == torch.float32 else dtype, progress)
+                             None if dtype == torch.float32 else dtype, progress, objects)
     dual_model, dual_clip, _ = load_dual_model(model, clip, str(path), 1.0, 1.0, 1.0, 1.0)
     curve = np.asarray(loss_curve(losses, total_steps=args.steps), np.float32) / 255
     return dual_model, dual_clip, torch.from_numpy(curve)[None], path.name
 
 
 def train(model, clip, vae, pairs: TrainingPairs, args, name: str, overwrite: bool, save_dtype: str,
-          autocast_dtype: torch.dtype | None = None, progress=None) -> tuple:
+          autocast_dtype: torch.dtype | None = None, progress=None, object_masks: list | None = None) -> tuple:
     """Train (or reuse, or resume) and write the checkpoint. Returns (checkpoint path, loss history).
 
     ``args``: a core ``TrainConfig`` (its data, base-model and output fields unused); ``progress``:
-    ``(step, total, losses)`` after every step (the node's progress bar); cancelling ComfyUI raises in it."""
+    ``(step, total, losses)`` after every step (the node's progress bar); cancelling ComfyUI raises in it;
+    ``object_masks``: BCM's, one per pair at the training resolution (with ``args.bcm``)."""
     from ..dualanodiff_core.formats.checkpoint import save_checkpoint
     from ..dualanodiff_core.runtime.dtypes import torch_dtype
     from ..dualanodiff_core.training.train_checkpoints import (
@@ -149,7 +175,7 @@ def train(model, clip, vae, pairs: TrainingPairs, args, name: str, overwrite: bo
     from ..dualanodiff_core.training.trainer import trained_checkpoint
 
     final = checkpoint_path(name)
-    settings = _settings(args, pairs, unet_hash(model), save_dtype)
+    settings = _settings(args, pairs, unet_hash(model), save_dtype, object_masks)
     if final.exists():
         recorded = _provenance(final)
         if recorded.get("trainer") == TRAINER and recorded.get("settings") == json.loads(json.dumps(settings)):
@@ -158,7 +184,7 @@ def train(model, clip, vae, pairs: TrainingPairs, args, name: str, overwrite: bo
             raise DualAnoDiffError(f"{final} already exists (made with other settings or by another trainer); turn "
                                    "on 'overwrite' to replace it, or choose another name")
     state_root = state_folder(name)
-    data = pairs.tensors(args.resolution, args.resample)
+    data = pairs.tensors(args.resolution, args.resample, object_masks)
     run = _ComfyRun(model, clip, vae, args, data, pairs, autocast_dtype)
     start, losses = 0, []
     found = checkpoint_dirs(state_root)
@@ -193,13 +219,19 @@ def train(model, clip, vae, pairs: TrainingPairs, args, name: str, overwrite: bo
     return final, losses
 
 
-def _settings(args, pairs: TrainingPairs, base_hash: str, save_dtype: str) -> dict:
+def _settings(args, pairs: TrainingPairs, base_hash: str, save_dtype: str, object_masks: list | None) -> dict:
     from ..dualanodiff_core.training.train_args import RESUME_SETTINGS
 
     kept = {k: getattr(args, k) for k in RESUME_SETTINGS if k not in ("mvtec", "defect", "split", "images", "masks",
                                                                         "base_model", "object_masks")}
-    return {**kept, "steps": args.steps, "base_unet_sha256": base_hash, "pairs": pairs.fingerprint(),
-            "pairs_source": pairs.source, "save_dtype": save_dtype}
+    settings = {**kept, "steps": args.steps, "base_unet_sha256": base_hash, "pairs": pairs.fingerprint(),
+                "pairs_source": pairs.source, "save_dtype": save_dtype}
+    if object_masks is not None:
+        h = hashlib.sha256()
+        for m in object_masks:
+            h.update(torch.as_tensor(m, dtype=torch.float32).numpy().tobytes())
+        settings["object_masks"] = h.hexdigest()[:16]
+    return settings
 
 
 class _ComfyRun:
@@ -213,6 +245,8 @@ class _ComfyRun:
         from ..dualanodiff_core.training.data import flips_for
         from ..dualanodiff_core.training.latent_cache import EncodedPairs
         from ..dualanodiff_core.training.step import StepModels
+        from ..dualanodiff_core.runtime.sampling import vae_encode
+        from .background import run_with_background
         from .comfy_training import VAEPosterior, prompt_tokens, thaw, trainable_clip, trainable_unet
 
         self.args, self.data, self.autocast_dtype = args, data, autocast_dtype
@@ -242,14 +276,20 @@ class _ComfyRun:
                 fixed = prompts()
             prompts = lambda: fixed  # noqa: E731 (nothing of the text encoder trains)
 
-        def eps(noisy, t, context, background):
-            if background is not None:
-                raise DualAnoDiffError("BCM training is not in the Train node yet; train BCM models with dualanodiff train")
-            with self._autocast():
-                return unet(noisy, timesteps=t, context=context.to(weight_dtype), transformer_options=dict(options))
+        def call(x, t, context=None, transformer_options=None):
+            return unet(x, timesteps=t, context=context, transformer_options=transformer_options)
 
-        self.models = StepModels(encoded=EncodedPairs(VAEPosterior(vae, scale)), noise_schedule=schedule,
-                                 prompts=prompts, eps=eps, device=self.device, weight_dtype=weight_dtype)
+        def eps(noisy, t, context, background):
+            c = {"context": context.to(weight_dtype), "transformer_options": dict(options)}
+            with self._autocast():
+                if background is None:
+                    return call(noisy, t, **c)
+                return run_with_background(call, noisy, t, c, background)  # BCM: each pair with its background row
+
+        posterior = VAEPosterior(vae, scale)
+        self.models = StepModels(encoded=EncodedPairs(posterior), noise_schedule=schedule, prompts=prompts, eps=eps,
+                                 device=self.device, weight_dtype=weight_dtype,
+                                 encode_background=lambda pixels, g: vae_encode(posterior, pixels, scaled=False, generator=g))
         self.trainable = {f"unet.{n}": p for n, p in self.layers.named_parameters()}
         for canonical, (down, up) in self.te_lora.items():
             self.trainable[f"text_encoder.{canonical}.down"] = down

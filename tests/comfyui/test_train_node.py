@@ -2,7 +2,6 @@
 on the same weights: the same loss per step and the same final weights (fp32, CPU)."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -98,3 +97,63 @@ def test_node_equals_the_cli_step_for_step(pack, shots, comfy_models, tiny_sd, t
     assert worst < 1e-5, worst
     # training moved the weights (the up projections start at zero)
     assert any(k.endswith(".up") and cli_ckpt.tensors[k].abs().max() > 1e-4 for k in cli_ckpt.tensors)
+
+
+def test_node_trains_bcm_as_the_cli_does(pack, shots, comfy_models, tiny_sd, tmp_path):
+    """BCM with object masks: the node's MASK input and the CLI's --object-masks folder give the same run."""
+    import folder_paths
+
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    masks = []
+    for i in range(3):
+        m = np.zeros((64, 64), np.uint8)
+        m[8 + 4 * i:56, 6:58 - 4 * i] = 255
+        Image.fromarray(m).save(objects / f"{i}.png")
+        masks.append(torch.from_numpy(m.astype(np.float32) / 255))
+    pairs, _ = _pairs(pack, shots)
+    *_, filename = _node_train(pack, comfy_models, pairs, "bcm", bcm_object_masks=torch.stack(masks))
+    node_ckpt = open_checkpoint(folder_paths.get_full_path("dualanodiff", filename))
+    assert main(["train", "--base-model", str(tiny_sd), "--images", str(shots / "images"), "--masks",
+                 str(shots / "masks"), "--resolution", "64", "--steps", str(STEPS), "--rank", "4", "--pairs-per-step",
+                 "2", "--lr", "1e-3", "--seed", "3", "--save-dtype", "fp32", "--checkpoint-every", "0",
+                 "--validate-every", "0", "--output-dir", str(tmp_path / "cli"), "--name", "cli",
+                 "--bcm", "--object-masks", str(objects)]) == 0
+    cli_ckpt = open_checkpoint(tmp_path / "cli" / "cli.safetensors")
+    assert any(".bcm." in k or k.startswith("bcm") or "bcm" in k for k in cli_ckpt.tensors)
+    assert set(node_ckpt.tensors) == set(cli_ckpt.tensors)
+    np.testing.assert_allclose(node_ckpt.provenance["losses"], cli_ckpt.provenance["losses"], rtol=1e-5)
+    worst = max(((node_ckpt.tensors[k] - cli_ckpt.tensors[k]).norm() / cli_ckpt.tensors[k].norm().clamp_min(1e-12)).item()
+                for k in cli_ckpt.tensors)
+    print(f"BCM: weights worst relative difference {worst:.2e}")
+    # the triples' larger attention batches round differently in the two runtimes: measured 1.5e-5 at worst, on
+    # the smallest tensors (the cross-attention query/key LoRA up projections of the first down block)
+    assert worst < 3e-5, worst
+
+
+def test_bcm_object_masks_must_fit_the_pairs(pack, shots, comfy_models):
+    pairs, _ = _pairs(pack, shots)
+    with pytest.raises(Exception, match=r"bcm_object_masks holds 2 masks for 3 training pairs"):
+        _node_train(pack, comfy_models, pairs, "bcm_bad", bcm_object_masks=torch.ones(2, 64, 64))
+    with pytest.raises(Exception, match=r"bcm_object_masks are 32x32 px but 0.png is 64x64"):
+        _node_train(pack, comfy_models, pairs, "bcm_bad", bcm_object_masks=torch.ones(3, 32, 32))
+
+
+def test_bcm_u2net_finds_the_objects_the_cli_finds(pack, shots, tmp_path):
+    """With bcm_u2net the node's object masks are those `dualanodiff train --bcm --u2net` computes."""
+    from types import SimpleNamespace
+
+    from dualanodiff_core.masks.u2net import U2NETP, load_u2net
+    from dualanodiff_core.training.trainer import bcm_object_masks
+
+    torch.manual_seed(0)
+    torch.save(U2NETP().state_dict(), tmp_path / "u2netp.pth")
+    pairs, _ = _pairs(pack, shots)
+    pairs.files, pairs.names = pairs.files[:1], pairs.names[:1]  # one pair: U-2-Net works at 320 px, slow on a CPU
+    node_masks = pack_module(pack, "nodes.training_pairs").object_masks(
+        pairs, 64, "bilinear", u2net=load_u2net(str(tmp_path / "u2netp.pth")))
+    args = SimpleNamespace(object_masks=None, u2net=str(tmp_path / "u2netp.pth"), resolution=64, resample="bilinear")
+    cli_masks = bcm_object_masks(args, pairs.files)
+    assert len(node_masks) == len(cli_masks) == 1 and node_masks[0].shape == (64, 64)
+    for a, b in zip(node_masks, cli_masks):
+        torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), rtol=0, atol=0)
