@@ -94,6 +94,28 @@ def run_export(args) -> int:
     return 0
 
 
+def _add_export_dataset(sub) -> None:
+    from .export import command
+
+    p = sub.add_parser(
+        "export-dataset",
+        help="write a generated dataset as COCO instance segmentation and/or YOLO segmentation (no regeneration)",
+        description="Export the samples of a dataset written by generate or the Save Dataset node (pairs or mvtec "
+        "layout, as its manifest.jsonl lists them) as COCO instance segmentation (one annotation per connected "
+        "defect region, RLE masks, the defect type as category) and/or YOLO segmentation (one polygon per region, "
+        "data.yaml), with a seeded train/val split. Exports into an existing export extend it. Formats: "
+        "docs/datasets.md.",
+    )
+    command.add_arguments(p)
+    p.set_defaults(run=run_export_dataset)
+
+
+def run_export_dataset(args) -> int:
+    from .export import command
+
+    return command.run(args)
+
+
 def _add_train(sub) -> None:
     from .training import train_args
 
@@ -259,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_convert(sub)
     _add_export(sub)
+    _add_export_dataset(sub)
     _add_evaluate(sub)
     _add_reproduce(sub)
     parser.commands = sub.choices

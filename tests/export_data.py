@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 
-def shaped_masks(size: int = 32) -> dict:
+def shaped_masks(size: int = 32) -> dict:  # size >= 32
     """name -> bool mask (size x size): thin scratches, holes, several regions, regions on the border,
     an empty and a full mask."""
     s = size
