@@ -2,7 +2,8 @@
 
 Writes ``OUT/<object>/<defect>/{image,fg,mask}/<i>.png`` (and optionally MVTec-style
 ``OUT/<object>/test/<defect>/<i>.png`` + ``OUT/<object>/ground_truth/<defect>/<i>_mask.png``) and a
-``manifest.jsonl`` line per sample (seed and parameters). Sample ``i`` uses seed ``seed + i``, so a
+``manifest.jsonl`` line per sample (seed and parameters); with ``--format coco`` / ``yolo`` it ends by
+exporting the finished samples into ``OUT/coco`` / ``OUT/yolo`` (``export/``). Sample ``i`` uses seed ``seed + i``, so a
 run can stop and resume anywhere, and be spread over several processes, with the same results.
 A sample counts as done once its manifest line exists; nothing done is ever overwritten.
 """
@@ -21,6 +22,7 @@ from .dataset_layout import check_names, mvtec_paths, pair_paths
 from .placement import check_same_sources, regions_setting, run_sources
 from ..runtime.dtypes import torch_dtype
 from ..errors import DualAnoDiffError
+from ..export.formats import EXPORT_FORMATS, parse_formats
 from ..masks.methods import MASK_METHODS, METHODS, check_mask_method
 from ..options import use_defaults_of
 from ..runtime.sampling import SCHEDULERS, scheduler_help
@@ -59,6 +61,9 @@ class GenerateConfig:
     mask_threshold: float | None = None
     sam: Path | None = None
     mvtec_layout: bool = False
+    format: list | None = None  # --format values (None: pairs); see dataset_formats
+    val_share: float | None = None  # None: export.writer.DEFAULT_VAL_SHARE
+    split_seed: int | None = None  # None: 0
     tokenizer: Path | None = None
     comfyui: Path | None = None
     model_config: Path | None = None
@@ -102,7 +107,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask-threshold", type=float, default=None, help="binarisation threshold (default: 0.1 for "
                    "threshold, 0.5 for u2net)")
     p.add_argument("--sam", type=Path, help="segment-anything checkpoint (sam_vit_b/l/h) for --mask-method sam")
-    p.add_argument("--mvtec-layout", action="store_true", help="also write MVTec-style test/<defect>/ and ground_truth/<defect>/")
+    p.add_argument("--mvtec-layout", action="store_true", help="also write MVTec-style test/<defect>/ and "
+                   "ground_truth/<defect>/ (the same as --format mvtec)")
+    p.add_argument("--format", action="append", metavar="FORMATS", help="dataset formats, several joined by commas "
+                   "or the option repeated: pairs (always written: OUT/<object>/<defect>/{image,fg,mask}/, what a run "
+                   "resumes from), mvtec (also test/ + ground_truth/), coco (OUT/coco/: COCO instance segmentation, "
+                   "RLE masks), yolo (OUT/yolo/: Ultralytics segmentation polygons, data.yaml); coco and yolo are "
+                   "exported from the finished samples at the end, extending an export already there "
+                   "(default: pairs; docs/datasets.md)")
+    p.add_argument("--val-share", type=float, metavar="F", help="with --format coco/yolo: the share of images drawn "
+                   "for validation (default: 0.1; as export-dataset --val-share)")
+    p.add_argument("--split-seed", type=int, help="with --format coco/yolo: seed of the train/val draw (default: 0)")
     p.add_argument("--tokenizer", type=Path, help="folder with CLIP vocab.json + merges.txt (see dualanodiff train)")
     p.add_argument("--comfyui", type=Path, help="a ComfyUI install to take the tokenizer from")
     p.add_argument("--model-config", type=Path, help="diffusers config folder for single-file checkpoints")
@@ -143,6 +158,20 @@ def read_manifest(root: Path) -> dict:
                 entry = json.loads(line)
                 done[entry["index"]] = entry
     return done
+
+
+def dataset_formats(args) -> tuple:
+    """The formats a run writes: ``--format`` (pairs always), plus mvtec with ``--mvtec-layout``."""
+    named = parse_formats(args.format) if args.format else ()
+    return tuple(f for f in ("pairs", "mvtec", *EXPORT_FORMATS)
+                 if f == "pairs" or f in named or (f == "mvtec" and args.mvtec_layout))
+
+
+def export_settings(args):
+    from ..export.writer import DEFAULT_VAL_SHARE, ExportSettings
+
+    return ExportSettings(DEFAULT_VAL_SHARE if args.val_share is None else args.val_share,
+                          0 if args.split_seed is None else args.split_seed)
 
 
 def sample_paths(out: Path, obj: str, defect: str, i: int, mvtec: bool) -> dict:
@@ -195,7 +224,18 @@ def recorded_settings(done: dict) -> dict:
 
 def check_arguments(args) -> None:
     """Every rule on the arguments alone (no file is read): names, numbers, paths and what they are."""
-    check_names(args.object, args.defect, args.mvtec_layout, "--object", "--defect")
+    formats = dataset_formats(args)
+    check_names(args.object, args.defect, "mvtec" in formats, "--object", "--defect")
+    exports = [f for f in formats if f in EXPORT_FORMATS]
+    if args.object in exports:
+        raise DualAnoDiffError(f"--object {args.object} is the name of the {args.object} export's folder in "
+                               "--output-dir; choose another object name")
+    if (args.val_share is not None or args.split_seed is not None) and not exports:
+        raise DualAnoDiffError("--val-share and --split-seed split the coco/yolo export: add --format coco or yolo")
+    if args.val_share is not None:
+        from ..export.writer import check_settings
+
+        check_settings(export_settings(args))
     for flag in ("num_pairs", "batch_size", "steps"):
         checks.at_least(getattr(args, flag), 1, f"--{flag.replace('_', '-')}")
     checks.resolution(args.resolution)
@@ -276,6 +316,11 @@ def prepare(args) -> GenerateRun:
     settings = run_settings(args, guidance, bcm)
     checks.same_settings(recorded_settings(done), settings, root,
                          "continue it with the same settings, or choose another --output-dir, --object or --defect")
+    exports = tuple(f for f in dataset_formats(args) if f in EXPORT_FORMATS)
+    if exports:
+        from ..export.writer import check_target
+
+        check_target(args.output_dir, exports, export_settings(args))
     sources = run_sources(args, bcm) if args.on_images is not None else None
     if sources:
         check_same_sources(done, sources, args.on_images, root)
@@ -388,7 +433,7 @@ def write(run: GenerateRun, batch: list, pairs: list, manifest: Path) -> None:
     params = {k: v for k, v in run.settings.items() if k != "seed"} | {"run_seed": args.seed}
     with manifest.open("a", encoding="utf-8") as log:
         for pair, i in zip(pairs, batch):
-            paths = sample_paths(out, args.object, args.defect, i, args.mvtec_layout)
+            paths = sample_paths(out, args.object, args.defect, i, "mvtec" in dataset_formats(args))
             files = {"image": pair["image"], "fg": pair["fg"], "mask": pair["mask"],
                      "mvtec_image": pair["image"], "mvtec_mask": pair["mask"]}
             for key, path in paths.items():
@@ -411,7 +456,7 @@ def generate(args: GenerateConfig) -> Path:
     announce(acc, "generate")
     device, dtype = _device_dtype(args, acc)
     todo = [i for i in range(run.total) if i not in run.done][acc.process_index::acc.num_processes]
-    sampler = load(run, device, dtype)
+    sampler = load(run, device, dtype) if todo else None  # a finished dataset: only the exports
     manifest = run.root / ("manifest.jsonl" if acc.num_processes == 1 else f"manifest.part{acc.process_index}.jsonl")
     manifest.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(todo), desc=f"generate {args.object}/{args.defect}", disable=not acc.is_local_main_process)
@@ -423,6 +468,12 @@ def generate(args: GenerateConfig) -> Path:
     acc.wait_for_everyone()
     if acc.is_main_process and acc.num_processes > 1:
         _merge_manifests(run.root)
+    exports = tuple(f for f in dataset_formats(args) if f in EXPORT_FORMATS)
+    if acc.is_main_process and exports:
+        from ..export.command import export_written
+
+        for line in export_written(run.root, Path(args.output_dir), exports, export_settings(args)):
+            print(f"wrote {line}")
     return run.root
 
 
