@@ -3,7 +3,9 @@
 Layouts (``pairs``, ``mvtec`` or both) under ``<output>/<folder>/``, as
 ``dualanodiff_core/generation/dataset_layout.py`` describes them (the layout ``generate`` writes too).
 Numbering continues after the highest index present. Every written sample appends one JSON line
-to ``<output>/<folder>/manifest.jsonl``.
+to ``<output>/<folder>/manifest.jsonl``. With an export format (``coco``, ``yolo``) every sample of the
+folder's manifest is then exported into ``<output>/<folder>/coco`` / ``yolo`` (``dualanodiff_core/export``):
+the first time all of them, later only those the export lacks.
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ import torch
 from ..dualanodiff_core.checks import folder_name
 from ..dualanodiff_core.generation.dataset_layout import LAYOUTS, check_names, mvtec_folders, mvtec_paths, next_index, pair_folders, pair_paths
 from ..dualanodiff_core.errors import DualAnoDiffError
+from ..dualanodiff_core.export.formats import EXPORT_FORMATS, parse_formats
+
+FORMAT_CHOICES = ("none", "coco", "yolo", "coco+yolo")
 
 
 def check_name(kind: str, value: str) -> str:
@@ -73,12 +78,25 @@ def _as_masks(masks: torch.Tensor, size: tuple) -> torch.Tensor:
     return (m > 0.5).float()
 
 
+def export_formats(value: str) -> tuple:
+    """The node's ``format`` choice as export formats (``none``: none)."""
+    if value not in FORMAT_CHOICES:
+        raise DualAnoDiffError(f"unknown format {value!r}; choose one of {', '.join(FORMAT_CHOICES)}")
+    return () if value == "none" else parse_formats(value.split("+"), "format", EXPORT_FORMATS)
+
+
 def save_dataset(output_dir: str, folder: str, object_name: str, defect_name: str, layout: str,
-                 images_global: torch.Tensor, masks: torch.Tensor, images_anomaly: torch.Tensor) -> list:
-    """Write every sample of the batch; returns one manifest record per sample."""
+                 images_global: torch.Tensor, masks: torch.Tensor, images_anomaly: torch.Tensor,
+                 export: str = "none") -> tuple:
+    """Write every sample of the batch, then the exports ``export`` names; returns one manifest record per
+    sample and the exports' summary lines."""
     if layout not in LAYOUTS:
         raise DualAnoDiffError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    formats = export_formats(export)
     obj, defect = check_names(object_name.strip(), defect_name.strip(), layout in ("mvtec", "both"))
+    if obj in formats:
+        raise DualAnoDiffError(f"object name {obj!r} is the name of the {obj} export's folder; choose another "
+                               "object name")
     n = images_global.shape[0]
     if images_anomaly.shape[0] != n or masks.reshape(-1, *masks.shape[-2:]).shape[0] != n:
         raise DualAnoDiffError(
@@ -86,6 +104,10 @@ def save_dataset(output_dir: str, folder: str, object_name: str, defect_name: st
             f"{masks.reshape(-1, *masks.shape[-2:]).shape[0]} masks; they must come in equal numbers"
         )
     root = check_folder(output_dir, folder)
+    if formats:
+        from ..dualanodiff_core.export.writer import ExportSettings, check_target
+
+        check_target(root, formats, ExportSettings())  # an export made with other settings: refused before writing
     os.makedirs(root, exist_ok=True)
     masks = _as_masks(masks, images_global.shape[1:3])
     next_pairs = next_index(pair_folders(root, obj, defect).values())
@@ -112,4 +134,11 @@ def save_dataset(output_dir: str, folder: str, object_name: str, defect_name: st
     with open(os.path.join(root, "manifest.jsonl"), "a", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record, sort_keys=True) + "\n")
-    return records
+    if not formats:
+        return records, []
+    from pathlib import Path
+
+    from ..dualanodiff_core.export.command import export_written
+    from ..dualanodiff_core.export.writer import ExportSettings
+
+    return records, export_written(Path(root), Path(root), formats, ExportSettings())

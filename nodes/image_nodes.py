@@ -104,13 +104,15 @@ class DualAnoDiffSaveDataset:
     CATEGORY = CATEGORY
     DESCRIPTION = ("Saves generated pairs as a dataset under ComfyUI's output folder: the pairs layout "
                    "<object>/<defect>/{image,fg,mask}/<i>.png and/or MVTec test/ + ground_truth/, never overwriting, "
-                   "with a manifest.jsonl.")
+                   "with a manifest.jsonl; optionally also as COCO instance segmentation and/or YOLO segmentation.")
     RETURN_TYPES = ()
     OUTPUT_NODE = True
     FUNCTION = "save"
 
     @classmethod
     def INPUT_TYPES(cls):
+        from .dataset_io import FORMAT_CHOICES
+
         return {"required": {
             "images": ("IMAGE", {"tooltip": "The global (whole) images."}),
             "masks": ("MASK", {"tooltip": "Their anomaly masks (binary), e.g. from Extract Mask."}),
@@ -119,9 +121,15 @@ class DualAnoDiffSaveDataset:
             "defect_name": ("STRING", {"default": "defect", "tooltip": "Defect type, e.g. broken_large (letters, digits, _ - .)."}),
             "layout": (["pairs", "mvtec", "both"], {"default": "both", "tooltip": "pairs: <defect>/image|fg|mask/<i>.png; mvtec: test/<defect>/<i>.png + ground_truth/<defect>/<i>_mask.png; both."}),
             "folder": ("STRING", {"default": "dualanodiff", "tooltip": "Sub-folder of ComfyUI's output folder that holds the dataset."}),
+        }, "optional": {
+            "format": (list(FORMAT_CHOICES), {"default": "none", "tooltip": "Also export every "
+                       "sample of the folder (earlier ones too) for detector training: coco = <folder>/coco/ (COCO "
+                       "instance segmentation, one RLE mask per defect region, annotations/instances_train.json and "
+                       "_val.json), yolo = <folder>/yolo/ (Ultralytics segmentation polygons, data.yaml); 10 % of the "
+                       "images drawn for validation. none: only the layout above."}),
         }}
 
-    def save(self, images, masks, anomaly_images, object_name, defect_name, layout, folder):
+    def save(self, images, masks, anomaly_images, object_name, defect_name, layout, folder, format="none"):
         import os
 
         import folder_paths
@@ -129,11 +137,13 @@ class DualAnoDiffSaveDataset:
         from .dataset_io import save_dataset
 
         output_dir = folder_paths.get_output_directory()
-        records = save_dataset(output_dir, folder, object_name, defect_name, layout, images, masks, anomaly_images)
+        records, exported = save_dataset(output_dir, folder, object_name, defect_name, layout, images, masks,
+                                         anomaly_images, format)
         root = os.path.relpath(os.path.join(output_dir, folder), output_dir)
         previews = []
         for r in records:
             rel = (r.get("pairs") or r["mvtec"])["image"]
             sub, name = os.path.split(os.path.join(root, rel))
             previews.append({"filename": name, "subfolder": sub, "type": "output"})
-        return {"ui": {"images": previews, "text": [f"{len(records)} samples saved to {os.path.join(output_dir, folder)}"]}}
+        text = [f"{len(records)} samples saved to {os.path.join(output_dir, folder)}"] + exported
+        return {"ui": {"images": previews, "text": text}}

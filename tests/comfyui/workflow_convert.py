@@ -1,12 +1,14 @@
 """UI-format workflow (what ComfyUI's frontend saves) -> API format, using the installed node
-definitions the way the frontend does: widget values are stored positionally, in INPUT_TYPES order."""
+definitions the way the frontend does: widget values are stored positionally, in INPUT_TYPES order. A
+workflow saved before a node gained a widget (an optional input appended at the end) stores fewer values;
+the frontend then shows, and queues, that widget's default, and so does this conversion."""
 from __future__ import annotations
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
 def _widget_inputs(node_class) -> list:
-    """[(name, options, extra UI-only values after it)] for every widget input, in frontend order."""
+    """[(name, extra UI-only values after it, section, default)] for every widget input, in frontend order."""
     spec = node_class.INPUT_TYPES()
     out = []
     for section in ("required", "optional"):
@@ -19,7 +21,8 @@ def _widget_inputs(node_class) -> list:
                     extra = 1
                 if options.get("image_upload"):
                     extra = 1
-                out.append((name, extra))
+                default = options.get("default", kind[0] if isinstance(kind, (list, tuple)) and kind else None)
+                out.append((name, extra, section, default))
     return out
 
 
@@ -37,9 +40,13 @@ def ui_to_api(workflow: dict, node_classes: dict) -> dict:
                 inputs[slot["name"]] = [str(lk[1]), lk[2]]
         values = list(node.get("widgets_values", []))
         pos = 0
-        for name, extra in _widget_inputs(cls):
+        for name, extra, section, default in _widget_inputs(cls):
             if pos >= len(values):
-                raise ValueError(f"node {node['id']} ({node['type']}): no stored value for widget {name!r}")
+                if section != "optional" or default is None:
+                    raise ValueError(f"node {node['id']} ({node['type']}): no stored value for widget {name!r}")
+                if name not in inputs:
+                    inputs[name] = default  # saved before the widget existed: the frontend's default
+                continue
             if name not in inputs:
                 inputs[name] = values[pos]
             pos += 1 + extra
