@@ -21,6 +21,7 @@ from comfy_server import ComfyServer
 from comfy_ui import browser_session, write_user_settings
 from pack_info import pack_nodes
 from thumbnails import WINDOW
+from tiny_checkpoint_node import install as install_tiny_checkpoint_node
 
 SKIP_VAR = "DUALANODIFF_SKIP_BROWSER"
 SCREENSHOT_VAR = "DUALANODIFF_SCREENSHOT_DIR"
@@ -56,6 +57,7 @@ def server(tmp_path_factory):
     srv = ComfyServer(tmp_path_factory.mktemp("comfyui-server"))
     try:
         srv.prepare()
+        install_tiny_checkpoint_node(srv.dir("custom_nodes"))  # test-only MODEL/CLIP/VAE source for training
         write_user_settings(srv.dir("user"))
         srv.start(timeout=float(os.environ.get("DUALANODIFF_SERVER_TIMEOUT", 180)))
         yield srv
