@@ -198,3 +198,15 @@ def test_files_get_the_permissions_plain_open_gives(dataset, tmp_path):
     assert main(["export-dataset", str(dataset), "--format", "coco,yolo"]) == 0
     for p in (dataset / "coco").rglob("*"):
         assert stat.S_IMODE(os.stat(p).st_mode) == (dir_mode if p.is_dir() else file_mode), p
+
+
+def test_every_export_dataset_option_has_help():
+    import argparse
+
+    from dualanodiff_core.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["export-dataset"]
+    assert sub.description
+    for action in sub._actions:
+        assert action.help and len(action.help) > 10, action.option_strings or action.dest
