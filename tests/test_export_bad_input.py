@@ -37,6 +37,8 @@ def ws(tmp_path):
     write_pairs_dataset(other, "bottle", "scratch", [SHAPES["scratch"], SHAPES["hole"]], seed=9)
     (tmp_path / "a_file").write_text("I am a file")
     (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "no_samples" / "bottle" / "scratch").mkdir(parents=True)
+    (tmp_path / "no_samples" / "bottle" / "scratch" / "manifest.jsonl").write_text("")
     return tmp_path
 
 
@@ -64,6 +66,7 @@ CASES = [
      r"the mask .*sized/bottle/scratch/mask/0.png is 16x8 but its image .*0.png is 32x32"),
     ("mask-unreadable", "export-dataset {ws}/broken --format yolo", r"cannot read the mask .*broken/bottle/scratch/mask/2.png as an image"),
     ("no-manifest", "export-dataset {ws}/empty_dir --format coco", r"dataset folder .*empty_dir holds no manifest.jsonl"),
+    ("no-samples", "export-dataset {ws}/no_samples --format coco", r"no_samples: its manifests .*manifest.jsonl\) list no finished sample yet"),
     ("no-dataset", "export-dataset {ws}/nope --format coco", r"dataset folder .*nope does not exist"),
     ("output-file", "export-dataset {ws}/ds --output {ws}/a_file --format coco", r"--output .*a_file is a file"),
 ]

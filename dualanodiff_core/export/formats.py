@@ -21,13 +21,7 @@ def parse_formats(values, what: str = "--format", allowed: tuple = FORMATS) -> t
         for name in str(value).split(","):
             name = name.strip().lower()
             if name not in allowed:
-                hint = "" if name in FORMATS else f" (several at once: {what} {','.join(allowed[:2])})"
-                shown = f"{name!r} is not a format it writes" if name in FORMATS else f"{name!r} is not a dataset format"
-                raise DualAnoDiffError(f"{what} {value!r}: {shown}; choose from {', '.join(allowed)}{hint}")
+                raise DualAnoDiffError(f"{what} {value!r}: {name!r} is not a dataset format; choose from "
+                                       f"{', '.join(allowed)} (several at once: {what} {','.join(allowed[-2:])})")
             names.append(name)
     return tuple(f for f in allowed if f in names)
-
-
-def export_folder_names() -> tuple:
-    """The folders the exports take in a dataset root (an object of that name would collide)."""
-    return EXPORT_FORMATS

@@ -103,6 +103,9 @@ def read_samples(folder: Path, what: str = "dataset folder") -> list:
             if s.name not in seen:
                 seen[s.name] = s
                 samples.append(s)
+    if not samples:
+        raise DualAnoDiffError(f"{what} {folder}: its manifests ({', '.join(str(m) for m in manifests[:3])}) list no "
+                               "finished sample yet; generate some first")
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise DualAnoDiffError(f"{len(missing)} files listed as finished samples are missing: "

@@ -27,6 +27,7 @@ def data_yaml(folder: str, categories: list, val: bool) -> str:
     datasets folder, not against the yaml file); without validation images ``val`` names the train
     images."""
     names = "".join(f"  {c['id'] - 1}: '{c['name']}'\n" for c in categories)
+    folder = folder.replace("'", "''")  # YAML's single-quoted string
     val_line = "val: images/val\n" if val else "val: images/train  # no image drew the val split\n"
     return (f"# written by dualanodiff export-dataset; class index = category id - 1, never renumbered\n"
             f"path: '{folder}'\ntrain: images/train\n{val_line}names:\n{names}")
