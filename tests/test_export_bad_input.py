@@ -141,6 +141,29 @@ def test_a_failure_while_extending_leaves_a_readable_export(ws, monkeypatch):
                                        "bottle/scratch/2"]
 
 
+def test_an_extension_stopped_between_its_annotation_files_is_completed_without_duplicates(ws, monkeypatch):
+    write_pairs_dataset(ws / "ds2", "bottle", "crack", [SHAPES["several"], SHAPES["pinch"], SHAPES["hole"]])
+    real = writer._write
+
+    def stop_at_val(path, data, fresh):
+        if path.name == "instances_val.json":
+            raise OSError("power cut")
+        return real(path, data, fresh)
+
+    monkeypatch.setattr(writer, "_write", stop_at_val)
+    with pytest.raises(OSError, match="power cut"):
+        writer.export(read_samples(ws / "ds2"), ws / "done", ("coco",))
+    monkeypatch.undo()
+    writer.export(read_samples(ws / "ds2"), ws / "done", ("coco",))
+    state = json.loads((ws / "done" / "coco" / "export.json").read_text())
+    listed = []
+    for split in ("train", "val"):
+        doc = json.loads((ws / "done" / "coco" / "annotations" / f"instances_{split}.json").read_text())
+        listed += [img["file_name"] for img in doc["images"]]
+        assert {a["image_id"] for a in doc["annotations"]} <= {img["id"] for img in doc["images"]}
+    assert sorted(listed) == sorted(v["file"] for v in state["images"].values()) and len(listed) == 6
+
+
 def test_python_api_raises_the_same_errors(ws):
     with pytest.raises(DualAnoDiffError, match="made with other settings"):
         writer.export(read_samples(ws / "ds"), ws / "done", ("coco",), writer.ExportSettings(val_share=0.5))

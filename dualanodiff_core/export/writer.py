@@ -159,12 +159,14 @@ def _state(fmt: str, settings: ExportSettings, categories: list, images: dict) -
 def _write_coco(root: Path, items: list, state: dict | None, categories: list, settings: ExportSettings) -> None:
     fresh = state is None
     docs = {split: {"images": [], "annotations": []} for split in SPLITS}
-    if not fresh:
+    if not fresh:  # what export.json records; entries of an extension that stopped half way are written anew
+        recorded = {v["id"] for v in state["images"].values()}
         for split in SPLITS:
             path = root / "annotations" / f"instances_{split}.json"
             if path.is_file():
                 doc = json.loads(path.read_text(encoding="utf-8"))
-                docs[split] = {"images": doc["images"], "annotations": doc["annotations"]}
+                docs[split] = {"images": [e for e in doc["images"] if e["id"] in recorded],
+                               "annotations": [a for a in doc["annotations"] if a["image_id"] in recorded]}
     everything = [e for d in docs.values() for e in d["images"]]
     next_image = max((e["id"] for e in everything), default=0) + 1
     next_ann = max((a["id"] for d in docs.values() for a in d["annotations"]), default=0) + 1
