@@ -104,6 +104,10 @@ def run_node(work: Path, args) -> dict:
     import harness
 
     harness.setup_comfy(args.comfyui, work / "comfy")
+    if args.comfy_attention == "pytorch":  # what `main.py --use-pytorch-cross-attention` selects (CUDA's default)
+        import comfy.ldm.modules.attention as attention
+
+        attention.optimized_attention = attention.attention_pytorch
 
     baseline = _status_mb("VmRSS")
     pack = harness.load_pack(REPO)
@@ -152,6 +156,10 @@ def main(argv=None) -> int:
     p.add_argument("--rank", type=int, default=4, help="LoRA rank (default: 4)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per process after one warm-up (default: 10)")
     p.add_argument("--rounds", type=int, default=3, help="CLI/node process pairs (default: 3)")
+    p.add_argument("--comfy-attention", choices=("default", "pytorch"), default="default",
+                   help="ComfyUI's attention in the node's process: its default for the machine (on a CPU: "
+                   "sub-quadratic, chunked) or PyTorch's scaled_dot_product_attention, which diffusers uses and "
+                   "ComfyUI picks on NVIDIA cards (default: default)")
     p.add_argument("--role", choices=("cli", "node"), help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -170,6 +178,7 @@ def main(argv=None) -> int:
             results[role].append(json.loads(out.stdout.strip().splitlines()[-1]))
     ratios = [n["s_per_step"] / c["s_per_step"] for c, n in zip(results["cli"], results["node"])]
     summary = {"model": args.model, "resolution": args.resolution, "pairs": args.pairs, "steps": args.steps,
+               "comfy_attention": args.comfy_attention,
                "cli_s_per_step": statistics.median(r["s_per_step"] for r in results["cli"]),
                "node_s_per_step": statistics.median(r["s_per_step"] for r in results["node"]),
                "ratio_median": statistics.median(ratios), "ratios": [round(r, 3) for r in ratios],
