@@ -174,10 +174,12 @@ def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="the whole method in minutes on CPU: a toy defect world and a shipped tiny base model",
-        description="Few-shot training on defect pairs of the built-in toy world (with SAIM, and without as an "
-        "ablation) on the shipped tiny base model, generation of image/mask pairs, and metrics: a JSON object "
-        "on stdout (progress on stderr), contact_sheet.png, checkpoints, samples and metrics.json under --out. "
-        "Uses the GPU when there is one.",
+        description="Few-shot training on defect pairs of the built-in toy world on the shipped tiny base model, "
+        "and of a second model without SAIM as the ablation (side by side, in two processes), generation of "
+        "image/mask pairs, and metrics: a "
+        "JSON object on stdout (what it is doing, and how long is left, on stderr), contact_sheet.png, checkpoints, "
+        "samples and metrics.json under --out. Uses the GPU when there is one; on a CPU, as many threads as other "
+        "processes leave cores free (DUALANODIFF_THREADS=N sets it).",
     )
     p.add_argument("--out", type=Path, default=d.out, help="output folder (default: ./%(default)s)")
     p.add_argument("--defect", choices=demo_world.DEFECTS, default=d.defect, help="defect type (default: %(default)s)")
@@ -197,7 +199,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
     p.add_argument("--base-model", type=Path, default=d.base_model, help="base model folder (default: the shipped "
                    "tiny model trained on the toy world)")
-    p.add_argument("--no-ablation", action="store_true", help="skip the model trained without SAIM")
+    p.add_argument("--no-ablation", action="store_true", help="skip the model trained without SAIM (the comparison, "
+                   "trained beside the DualAnoDiff model in a process of its own)")
     p.add_argument("--evaluate", action="store_true", help="also run the --place stage, then answer 'do generated "
                    "pairs help my few real defects?' as `dualanodiff evaluate --mix-real` does: a small detector, 8 "
                    "seeds each, trained on each generated set (placed included), on the two baselines (real-only, "
@@ -213,13 +216,18 @@ def _add_demo(sub) -> None:
 def run_demo(args) -> int:
     import json
 
+    from .demo.narration import Narrator
     from .demo.run import DemoConfig, run
 
     cfg = DemoConfig(out=args.out, base_model=args.base_model, defect=args.defect, shots=args.shots, pairs=args.pairs,
                      steps=args.steps, rank=args.rank, lr=args.lr, sample_steps=args.sample_steps, scheduler=args.scheduler,
-                     guidance=args.guidance, mask_threshold=args.mask_threshold, seed=args.seed, ablation=not args.no_ablation, evaluate=args.evaluate,
+                     guidance=args.guidance, mask_threshold=args.mask_threshold, seed=args.seed, ablation=not args.no_ablation,
+                     evaluate=args.evaluate,
                      place=args.place, cpu=args.cpu)
-    print(json.dumps(run(cfg), indent=1))
+    say = Narrator()
+    summary = run(cfg, say)
+    print(json.dumps(summary, indent=1), flush=True)
+    say.finish(summary["seconds"], summary["contact_sheet"], str(Path(cfg.out) / "metrics.json"), summary)
     return 0
 
 

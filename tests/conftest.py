@@ -1,5 +1,12 @@
 """Fixtures shared by the core tests."""
+import os
+
 import pytest
+import torch
+
+# the commands pick torch's thread count from the machine's load (runtime/threads.py); the tests keep one
+# count for the whole session, so that runs compared with each other use the same kernels
+os.environ.setdefault("DUALANODIFF_THREADS", str(torch.get_num_threads()))
 
 from synthetic_data import write_mvtec_category
 from tiny_models import save_tiny_pipeline

@@ -80,7 +80,7 @@ def write_few_shot(folder: Path, defect: str, shots: int, seed: int) -> tuple:
     return images, masks, world
 
 
-def _train(cfg: DemoConfig, images: Path, masks: Path, out: Path, saim: bool) -> Path:
+def _train(cfg: DemoConfig, images: Path, masks: Path, out: Path, saim: bool, progress=None) -> Path:
     from ..training.train_args import TrainConfig
     from ..training.trainer import train
 
@@ -88,10 +88,11 @@ def _train(cfg: DemoConfig, images: Path, masks: Path, out: Path, saim: bool) ->
         images=images, masks=masks, base_model=cfg.base_model, output_dir=out,
         name="demo_" + ("saim" if saim else "no_saim"), resolution=64, rank=cfg.rank, lr=cfg.lr, steps=cfg.steps,
         pairs_per_step=cfg.pairs_per_step, seed=cfg.seed, prompt_global=PROMPT_GLOBAL, prompt_anomaly=PROMPT_ANOMALY,
-        checkpoint_every=0, validate_every=0, save_dtype="fp32", overwrite=True, no_saim=not saim, cpu=cfg.cpu))
+        checkpoint_every=0, validate_every=0, save_dtype="fp32", overwrite=True, no_saim=not saim, cpu=cfg.cpu),
+        progress=progress)
 
 
-def _generate(cfg: DemoConfig, checkpoint: Path, out: Path) -> Path:
+def _generate(cfg: DemoConfig, checkpoint: Path, out: Path, progress=None) -> Path:
     from ..generation.generate import GenerateConfig, generate
 
     shutil.rmtree(out, ignore_errors=True)  # samples of an earlier run came from another checkpoint
@@ -99,7 +100,7 @@ def _generate(cfg: DemoConfig, checkpoint: Path, out: Path) -> Path:
         base_model=cfg.base_model, checkpoint=checkpoint, output_dir=out, object="world", defect=cfg.defect,
         num_pairs=cfg.pairs, batch_size=cfg.batch_size, scheduler=cfg.scheduler, steps=cfg.sample_steps,
         guidance=cfg.guidance, seed=cfg.seed, resolution=64, mask_threshold=cfg.mask_threshold, dtype="fp32",
-        cpu=cfg.cpu))
+        cpu=cfg.cpu), progress=progress)
 
 
 def read_samples(root: Path, n: int) -> dict:
@@ -228,42 +229,78 @@ def check_config(cfg: DemoConfig) -> None:
     check_base_model(cfg.base_model)
 
 
-def run(cfg: DemoConfig) -> dict:
-    """Train, generate, measure; writes everything under ``cfg.out`` and returns the metrics."""
+def run(cfg: DemoConfig, narrator=None) -> dict:
+    """Train, generate, measure; writes everything under ``cfg.out`` and returns the metrics. ``narrator``:
+    a :class:`~.narration.Narrator` telling what happens (on stderr by default); its ``finish`` is the
+    caller's, after the metrics."""
     from accelerate import PartialState
 
+    from .narration import Narrator
+    from .variants import run_variants
+
     check_config(cfg)
+    say = narrator or Narrator()
     began = time.perf_counter()
     out = Path(cfg.out)
+    variants = VARIANTS if cfg.ablation else VARIANTS[:1]
+    stages = 4 + bool(cfg.place or cfg.evaluate) + bool(cfg.evaluate)
+    plural = {"scratch": "scratches"}.get(cfg.defect, cfg.defect + "s")
+    say.say(f"DualAnoDiff demo: learns to draw {plural} from {cfg.shots} example images with their masks, in a toy "
+            "world of 64 px objects, on this computer's CPU; then draws new defect images, each with its mask.")
     images, masks, world = write_few_shot(out / "few_shot", cfg.defect, cfg.shots, cfg.seed)
+    say.stage(1, stages, f"{cfg.shots} real training pairs (image + defect mask) written to {out / 'few_shot'}")
     training = [s.mask for s in world]
     shots = {"image": np.stack([s.image for s in world]), "mask": np.stack(training)}
     shots["fg"] = np.where(shots["mask"][..., None], shots["image"], 0.5).astype(np.float32)  # the anomaly branch's target
-    results, report = {}, {}
-    for variant in VARIANTS if cfg.ablation else VARIANTS[:1]:
-        t0 = time.perf_counter()
-        ckpt = _train(cfg, images, masks, out / "checkpoints", saim=variant == "saim")
-        t1 = time.perf_counter()
-        root = _generate(cfg, ckpt, out / "samples" / variant)
-        t2 = time.perf_counter()
-        results[variant] = read_samples(root, cfg.pairs)
-        report[variant] = {**metrics(results[variant], training), "checkpoint": str(ckpt),
-                           "train_seconds": round(t1 - t0, 1), "generate_seconds": round(t2 - t1, 1)}
-        if variant == "saim" and (cfg.place or cfg.evaluate):
-            from .placement_stage import run_placement
+    if len(variants) > 1:
+        what = (f"Training two models side by side ({cfg.steps} steps each): DualAnoDiff, whose two branches (the "
+                "whole object, the defect alone) see each other through SAIM, and for comparison the same model "
+                f"without SAIM. Then each draws {cfg.pairs} new pairs.")
+    else:
+        what = (f"Training DualAnoDiff ({cfg.steps} steps): two branches, one drawing the whole object and one the "
+                f"defect alone, that see each other through SAIM. Then it draws {cfg.pairs} new pairs.")
+    say.stage(2, stages, what)
+    shown = set()
 
-            t3 = time.perf_counter()
-            placed, report["placed"] = run_placement(cfg, ckpt, masks, training, out)
-            report["placed"]["generate_seconds"] = round(time.perf_counter() - t3, 1)
-            results["placed"] = {k: placed[k] for k in ("image", "fg", "mask", "region")}
+    def display(variant, stage, done, total):
+        if stage == "generate" and "generate" not in shown:
+            shown.add("generate")
+            say.stage(3, stages, f"Drawing {cfg.pairs} new defect images, each with its mask"
+                                 + (" (with each model)" if len(variants) > 1 else ""))
+        say.progress(variant, stage, done, total)
+
+    done = run_variants(cfg, variants, images, masks, out, display)
+    results, report = {}, {}
+    for variant in variants:
+        r = done[variant]
+        results[variant] = read_samples(r.samples, cfg.pairs)
+        report[variant] = {**metrics(results[variant], training), "checkpoint": str(r.checkpoint),
+                           "setup_seconds": r.setup_seconds, "train_seconds": r.train_seconds,
+                           "generate_seconds": r.generate_seconds}
+    number = 4
+    if cfg.place or cfg.evaluate:
+        from .placement_stage import run_placement
+
+        say.stage(number, stages, "Putting DualAnoDiff's defects on normal objects of the world (generate --on-images)")
+        number += 1
+        t3 = time.perf_counter()
+        placed, report["placed"] = run_placement(cfg, done["saim"].checkpoint, masks, training, out)
+        report["placed"]["generate_seconds"] = round(time.perf_counter() - t3, 1)
+        results["placed"] = {k: placed[k] for k in ("image", "fg", "mask", "region")}
     if cfg.evaluate:
+        say.stage(number, stages, "Training a defect detector on each set of images and scoring it on held-out images "
+                                  "(8 seeds each)")
+        number += 1
         report["downstream"] = _downstream(cfg, out)
+    say.stage(number, stages, "Measuring the pairs and drawing the contact sheet")
+    t4 = time.perf_counter()
     placed = {"placed": results.pop("placed")} if "placed" in results else {}
     sheet = contact_sheet({"training": shots, **results, **placed}, out / "contact_sheet.png")
     device = PartialState().device.type  # what the trainer and generator ran on
     summary = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
                "device": device, **report, "diversity_of_training_masks": diversity(training),
-               "contact_sheet": str(sheet), "seconds": round(time.perf_counter() - began, 1)}
+               "contact_sheet": str(sheet), "sheet_seconds": round(time.perf_counter() - t4, 1),
+               "seconds": round(time.perf_counter() - began, 1)}
     atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1), encoding="utf-8"),
                  overwrite=True)
     return summary

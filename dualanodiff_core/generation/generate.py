@@ -444,8 +444,9 @@ def write(run: GenerateRun, batch: list, pairs: list, manifest: Path) -> None:
             log.flush()
 
 
-def generate(args: GenerateConfig) -> Path:
-    """prepare (every check), load, then sample and write batch by batch; returns OUT/<object>/<defect>."""
+def generate(args: GenerateConfig, progress=None) -> Path:
+    """prepare (every check), load, then sample and write batch by batch; returns OUT/<object>/<defect>.
+    ``progress``: ``(pairs done, pairs to do)`` after every batch, in place of the progress bar."""
     run = prepare(args)
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -459,11 +460,14 @@ def generate(args: GenerateConfig) -> Path:
     sampler = load(run, device, dtype) if todo else None  # a finished dataset: only the exports
     manifest = run.root / ("manifest.jsonl" if acc.num_processes == 1 else f"manifest.part{acc.process_index}.jsonl")
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(todo), desc=f"generate {args.object}/{args.defect}", disable=not acc.is_local_main_process)
+    bar = tqdm(total=len(todo), desc=f"generate {args.object}/{args.defect}",
+               disable=not acc.is_local_main_process or progress is not None)
     for start in range(0, len(todo), args.batch_size):
         batch = todo[start:start + args.batch_size]
         write(run, batch, sample(run, sampler, batch), manifest)
         bar.update(len(batch))
+        if progress is not None:
+            progress(start + len(batch), len(todo))
     bar.close()
     acc.wait_for_everyone()
     if acc.is_main_process and acc.num_processes > 1:

@@ -211,8 +211,9 @@ def _check_output(args) -> None:
                                "start over, or choose another --output-dir")
 
 
-def train(args: TrainConfig) -> Path:
-    """Run training as configured (``train_args.TrainConfig``); returns the written checkpoint."""
+def train(args: TrainConfig, progress=None) -> Path:
+    """Run training as configured (``train_args.TrainConfig``); returns the written checkpoint. ``progress``:
+    ``(steps done, steps in all)`` after every step, in place of the progress bar (the demo's display)."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -243,13 +244,16 @@ def train(args: TrainConfig) -> Path:
         (out / "training_config.json").write_text(json.dumps(run_config(args), indent=1), encoding="utf-8")
     if args.report_to != "none":
         acc.init_trackers("dualanodiff", config={k: v for k, v in run_config(args).items() if isinstance(v, (int, float, str, bool))})
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train", disable=not acc.is_local_main_process)
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train",
+               disable=not acc.is_local_main_process or progress is not None)
     began, loss, losses = time.perf_counter(), math.nan, []
     for step in bar:
         loss = trainer.train_step(step)
         losses.append(loss)
         done = step + 1
         bar.set_postfix(loss=f"{loss:.4f}", s_per_step=f"{(time.perf_counter() - began) / (done - start):.2f}")
+        if progress is not None:
+            progress(done, args.steps)
         if args.report_to != "none" and done % args.log_every == 0:
             acc.log({"loss": loss}, step=done)
         if acc.is_main_process and args.checkpoint_every and done % args.checkpoint_every == 0 and done < args.steps:
