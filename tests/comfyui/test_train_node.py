@@ -112,7 +112,7 @@ def test_node_trains_bcm_as_the_cli_does(pack, shots, comfy_models, tiny_sd, tmp
         Image.fromarray(m).save(objects / f"{i}.png")
         masks.append(torch.from_numpy(m.astype(np.float32) / 255))
     pairs, _ = _pairs(pack, shots)
-    *_, filename = _node_train(pack, comfy_models, pairs, "bcm", bcm_object_masks=torch.stack(masks))
+    *_, filename = _node_train(pack, comfy_models, pairs, "trained_bcm", bcm_object_masks=torch.stack(masks))
     node_ckpt = open_checkpoint(folder_paths.get_full_path("dualanodiff", filename))
     assert main(["train", "--base-model", str(tiny_sd), "--images", str(shots / "images"), "--masks",
                  str(shots / "masks"), "--resolution", "64", "--steps", str(STEPS), "--rank", "4", "--pairs-per-step",
@@ -120,7 +120,7 @@ def test_node_trains_bcm_as_the_cli_does(pack, shots, comfy_models, tiny_sd, tmp
                  "--validate-every", "0", "--output-dir", str(tmp_path / "cli"), "--name", "cli",
                  "--bcm", "--object-masks", str(objects)]) == 0
     cli_ckpt = open_checkpoint(tmp_path / "cli" / "cli.safetensors")
-    assert any(".bcm." in k or k.startswith("bcm") or "bcm" in k for k in cli_ckpt.tensors)
+    assert any("bcm" in k for k in cli_ckpt.tensors)
     assert set(node_ckpt.tensors) == set(cli_ckpt.tensors)
     np.testing.assert_allclose(node_ckpt.provenance["losses"], cli_ckpt.provenance["losses"], rtol=1e-5)
     worst = max(((node_ckpt.tensors[k] - cli_ckpt.tensors[k]).norm() / cli_ckpt.tensors[k].norm().clamp_min(1e-12)).item()
