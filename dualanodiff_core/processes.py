@@ -5,16 +5,20 @@ from __future__ import annotations
 import sys
 
 
-def announce(accelerator, what: str) -> None:
-    """Say how many processes share the run; on a CPU also pick and say the thread count
-    (:mod:`runtime.threads`: the cores other processes leave free)."""
-    threads = ""
-    if accelerator.device.type == "cpu":
-        from .runtime.threads import set_threads
-
-        n_threads = set_threads()
-        threads = f", {n_threads} thread{'s' if n_threads > 1 else ''}"
+def announce(accelerator, what: str, threads: int | None = None) -> None:
+    """Say how many processes share the run (and, on a CPU, how many torch threads each uses)."""
     if accelerator.is_main_process:
         n = accelerator.num_processes
         share = "1 process" if n == 1 else f"{n} processes share the work"
-        print(f"{what}: {share} on {accelerator.device.type}{threads}", file=sys.stderr, flush=True)
+        per = "" if threads is None else f", {threads} thread{'s' if threads > 1 else ''}"
+        print(f"{what}: {share} on {accelerator.device.type}{per}", file=sys.stderr, flush=True)
+
+
+def cpu_threads(accelerator) -> int | None:
+    """On a CPU, set torch's threads to this process's share of the cores other processes leave free
+    (:mod:`runtime.threads`) and return the count; None on a GPU."""
+    if accelerator.device.type != "cpu":
+        return None
+    from .runtime.threads import set_threads
+
+    return set_threads(share=accelerator.num_processes)

@@ -35,3 +35,19 @@ def write_object_masks(folder: Path, names: list, size: int = 64) -> Path:
     for name in names:
         Image.fromarray(obj).save(folder / f"{name}.png")
     return folder
+
+
+def write_defect_folder(root: Path, n: int = 2, seed: int = 8) -> Path:
+    """``root/images/<i>.png`` and ``root/masks/<i>.png``: 64 px textured squares, each with a bright bar
+    and its mask, as a user's own defect photos (the Training Pairs node's images/ + masks/ folder)."""
+    rng = np.random.default_rng(seed)
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        image = rng.integers(40, 90, (64, 64, 3), dtype=np.uint8)
+        mask = np.zeros((64, 64), np.uint8)
+        mask[20 + 10 * i:24 + 10 * i, 8:56] = 255
+        image[mask > 0] = (230, 60, 200)
+        Image.fromarray(image).save(root / "images" / f"{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+    return root

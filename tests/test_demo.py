@@ -51,3 +51,19 @@ def test_demo_refuses_an_unknown_scheduler_before_anything_is_written(tmp_path):
     with pytest.raises(DualAnoDiffError, match=r"--scheduler 'dpm': choose one of .*euler-a"):
         run(DemoConfig(out=tmp_path / "demo", scheduler="dpm"))
     assert not (tmp_path / "demo").exists()
+
+
+def test_contact_sheet_with_fewer_pairs_than_training_shots(tmp_path):
+    """`demo --pairs 4` beside 8 training pairs: every block gets the rows all of them have."""
+    import numpy as np
+    from PIL import Image
+
+    from dualanodiff_core.demo.run import contact_sheet
+
+    def block(n):
+        return {"image": np.zeros((n, 64, 64, 3), np.float32), "fg": np.zeros((n, 64, 64, 3), np.float32),
+                "mask": np.zeros((n, 64, 64), bool)}
+
+    path = contact_sheet({"training": block(8), "saim": block(4)}, tmp_path / "sheet.png")
+    with Image.open(path) as sheet:
+        assert sheet.size == ((2 * 4 * 64 + 8) * 2, 4 * 64 * 2 + 16)

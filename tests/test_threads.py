@@ -18,9 +18,14 @@ def two_cpus(monkeypatch):
     monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
 
 
-@pytest.mark.parametrize("busy,expected", [(0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (1.9, 1), (None, 2)])
+@pytest.mark.parametrize("busy,expected", [(0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (1.9, 1)])
 def test_free_cpus_leave_out_those_other_processes_keep_busy(two_cpus, busy, expected):
-    assert threads.free_cpus(busy) == expected if busy is not None else threads.usable_cpus() == expected
+    assert threads.free_cpus(busy) == expected
+
+
+def test_all_usable_cpus_where_the_load_is_unknown(two_cpus, monkeypatch):
+    monkeypatch.setattr(threads, "busy_cpus", lambda window=0.3: None)  # Windows: no /proc/stat, no load average
+    assert threads.free_cpus() == 2
 
 
 def test_an_explicit_thread_count_wins(two_cpus, monkeypatch):
@@ -28,6 +33,8 @@ def test_an_explicit_thread_count_wins(two_cpus, monkeypatch):
     monkeypatch.delenv("DUALANODIFF_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert threads.choose_threads() == 1
+    monkeypatch.setattr(threads, "busy_cpus", lambda window=0.3: 0.0)
+    assert threads.choose_threads() == 2 and threads.choose_threads(share=2) == 1  # two processes: one each
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert threads.choose_threads() is None  # the user's OpenMP setting stays
     monkeypatch.setenv("DUALANODIFF_THREADS", "3")

@@ -161,8 +161,8 @@ def contact_sheet(results: dict, path: Path, rows: int = 8, scale: int = 2) -> P
     from PIL import Image, ImageDraw
 
     blocks = []
+    n = min(rows, *(len(s["image"]) for s in results.values()))  # blocks side by side need one height
     for name, s in results.items():
-        n = min(rows, len(s["image"]))
         lines = [np.concatenate([s["image"][i], s["fg"][i], np.repeat(s["mask"][i][..., None], 3, -1).astype(np.float32),
                                  _overlay(s["image"][i], s["mask"][i], s["region"][i] if "region" in s else None)],
                                 axis=1) for i in range(n)]

@@ -451,10 +451,10 @@ def generate(args: GenerateConfig, progress=None) -> Path:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from ..processes import announce
+    from ..processes import announce, cpu_threads
 
     acc = Accelerator(cpu=args.cpu)
-    announce(acc, "generate")
+    announce(acc, "generate", cpu_threads(acc))
     device, dtype = _device_dtype(args, acc)
     todo = [i for i in range(run.total) if i not in run.done][acc.process_index::acc.num_processes]
     sampler = load(run, device, dtype) if todo else None  # a finished dataset: only the exports

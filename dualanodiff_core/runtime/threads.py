@@ -61,8 +61,9 @@ def free_cpus(busy: float | None = None) -> int:
     return max(1, min(usable, int(usable - others_here + 0.5)))
 
 
-def choose_threads() -> int | None:
-    """The thread count for torch, or None to leave torch's as it is (set explicitly by the user)."""
+def choose_threads(share: int = 1) -> int | None:
+    """The thread count for torch in one of ``share`` processes running side by side, or None to leave
+    torch's as it is (set explicitly by the user)."""
     explicit = os.environ.get("DUALANODIFF_THREADS")
     if explicit:
         try:
@@ -73,14 +74,14 @@ def choose_threads() -> int | None:
             raise DualAnoDiffError(f"DUALANODIFF_THREADS={explicit!r} is not a whole number; unset it or give e.g. 2")
     if os.environ.get("OMP_NUM_THREADS"):
         return None
-    return free_cpus()
+    return max(1, free_cpus() // max(1, share))
 
 
-def set_threads() -> int:
+def set_threads(share: int = 1) -> int:
     """Apply :func:`choose_threads` to torch; returns the thread count torch uses now."""
     import torch
 
-    n = choose_threads()
+    n = choose_threads(share)
     if n is not None and n != torch.get_num_threads():
         torch.set_num_threads(n)
     return torch.get_num_threads()

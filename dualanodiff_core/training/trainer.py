@@ -28,7 +28,7 @@ from .train_args import TrainConfig
 from .. import checks
 from ..runtime.dtypes import torch_dtype
 from ..errors import DualAnoDiffError
-from ..processes import announce
+from ..processes import announce, cpu_threads
 from .train_checkpoints import checkpoint_dirs, load_training_checkpoint, read_state, resolve_resume, save_training_checkpoint
 
 
@@ -228,7 +228,7 @@ def train(args: TrainConfig, progress=None) -> Path:
                       log_with=None if args.report_to == "none" else args.report_to, project_dir=str(out))
     from accelerate.utils import set_seed
 
-    announce(acc, "train")
+    announce(acc, "train", cpu_threads(acc))
     base = load_base_model(args.base_model, args.tokenizer, args.comfyui, args.model_config)
     set_seed(args.seed)  # initial weights of SAIM, BCM and the LoRA down projections
     trainer = DualTrainer(args, acc, base, pairs)

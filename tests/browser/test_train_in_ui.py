@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 from pack_info import PACK_NAME, api_twin
 from PIL import Image
+from synthetic_data import write_defect_folder
 
 WORKFLOW = "dualanodiff_train_and_generate"
 TRAIN_NODE, LATENT_NODE, SAMPLER_NODE, CHECKPOINT_NODE = 61, 14, 20, 1
@@ -50,25 +50,12 @@ LISTEN = """(() => { window.__run = {progress: [], executed: [], titles: [], err
     return true; })()"""
 
 
-def _defect_folder(root) -> None:
-    rng = np.random.default_rng(8)
-    for sub in ("images", "masks"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for i in range(2):
-        image = rng.integers(40, 90, (64, 64, 3), dtype=np.uint8)
-        mask = np.zeros((64, 64), np.uint8)
-        mask[20 + 10 * i:24 + 10 * i, 8:56] = 255
-        image[mask > 0] = (230, 60, 200)
-        Image.fromarray(image).save(root / "images" / f"{i}.png")
-        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
-
-
 @pytest.fixture
 def opened(ui, server):
     folder = server.dir("input") / api_twin(WORKFLOW)["60"]["inputs"]["folder"]
     checkpoint = server.dir("models") / "dualanodiff" / f"{SETTINGS[TRAIN_NODE]['name']}.safetensors"
     dataset = server.dir("output") / api_twin(WORKFLOW)["25"]["inputs"]["folder"]
-    _defect_folder(folder)
+    write_defect_folder(folder)
     ui.close_dialogs()
     ui.load_template(PACK_NAME, WORKFLOW)
     before, after = ui.page.evaluate(SWAP_CHECKPOINT % CHECKPOINT_NODE)

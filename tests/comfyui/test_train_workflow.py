@@ -11,29 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import harness
 from dualanodiff_core.formats.checkpoint import open_checkpoint
 from tiny_models import tiny_text_encoder, tiny_unet, tiny_vae
+from synthetic_data import write_defect_folder
 from workflow_fixtures import pack_module, register_extra_harness_nodes, write_checkpoint
 
 API = Path(__file__).resolve().parent / "workflow_api" / "dualanodiff_train_and_generate.json"
 TRAIN = dict(steps=4, resolution=64, rank=4, pairs_per_step=2, learning_rate=1e-3, precision="fp32",
              save_precision="fp32")
-
-
-def _shot_folder(root: Path) -> None:
-    rng = np.random.default_rng(8)
-    for sub in ("images", "masks"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for i in range(2):
-        image = rng.integers(40, 90, (64, 64, 3), dtype=np.uint8)
-        mask = np.zeros((64, 64), np.uint8)
-        mask[20 + 10 * i:24 + 10 * i, 8:56] = 255
-        image[mask > 0] = (230, 60, 200)
-        Image.fromarray(image).save(root / "images" / f"{i}.png")
-        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +57,7 @@ def setup(pack, models):
     register_extra_harness_nodes()
     pack_module(pack, "nodes.model_folders").register_model_folders()
     twin = json.loads(API.read_text(encoding="utf-8"))
-    _shot_folder(Path(folder_paths.get_input_directory()) / twin["60"]["inputs"]["folder"])
+    write_defect_folder(Path(folder_paths.get_input_directory()) / twin["60"]["inputs"]["folder"])
     keys = {k: harness.register(m) for k, m in zip(("model", "clip", "vae"), models)}
     return twin, keys
 
