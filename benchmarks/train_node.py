@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+ROLES = ("cli", "node", "node_comfy_attention")
 
 
 def _status_mb(field: str) -> float:
@@ -75,23 +76,27 @@ def _config(work: Path, args):
 
 
 def _timed(step_fn, steps: int) -> dict:
-    """Seconds per step after one warm-up step, and the peak resident memory of the steps (MB)."""
+    """Seconds per step (the median of the timed steps: a step that met a page-in or another process's burst
+    does not move it) after one warm-up step, and the peak resident memory of the steps (MB)."""
     before = _reset_peak()
     step_fn(0)
-    began = time.perf_counter()
+    times = []
     for s in range(1, steps + 1):
+        began = time.perf_counter()
         step_fn(s)
-    return {"s_per_step": (time.perf_counter() - began) / steps, "models_mb": before, "peak_mb": _status_mb("VmHWM")}
+        times.append(time.perf_counter() - began)
+    return {"s_per_step": statistics.median(times), "s_per_step_mean": sum(times) / steps, "models_mb": before,
+            "peak_mb": _status_mb("VmHWM")}
 
 
-def run_cli(work: Path, args) -> dict:
+def cli_step(work: Path, args):
+    """``dualanodiff train``'s step function on the benchmark's model."""
     from accelerate import Accelerator
 
     from dualanodiff_core.formats.base_model import load_base_model
     from dualanodiff_core.training.trainer import DualTrainer
 
     cfg = _config(work, args)
-    imported = _status_mb("VmRSS")
     acc = Accelerator(cpu=True)
     base = load_base_model(cfg.base_model)
     if args.cli_resident:  # read every weight once: the ones training never touches become resident too
@@ -101,28 +106,23 @@ def run_cli(work: Path, args) -> dict:
             for m in (base.unet, base.vae, base.text_encoder):
                 for t in m.state_dict().values():
                     t.float().sum()
-    trainer = DualTrainer(cfg, acc, base)
-    return {**_timed(trainer.train_step, args.steps), "imported_mb": imported}
+    return DualTrainer(cfg, acc, base).train_step
 
 
-def run_node(work: Path, args) -> dict:
+def run_cli(work: Path, args) -> dict:
+    imported = _status_mb("VmRSS")
+    return {**_timed(cli_step(work, args), args.steps), "imported_mb": imported}
+
+
+def comfy_models(work: Path, args):
+    """(the pack as ComfyUI loads it, MODEL, CLIP, VAE) of the benchmark's model; ComfyUI set up first."""
     import gc
 
     sys.path.insert(0, str(REPO / "tests" / "comfyui"))
     import harness
 
     harness.setup_comfy(args.comfyui, work / "comfy")
-    if args.comfy_attention == "pytorch":  # what `main.py --use-pytorch-cross-attention` selects (CUDA's default)
-        import comfy.ldm.modules.attention as attention
-
-        attention.optimized_attention = attention.attention_pytorch
-
-    baseline = _status_mb("VmRSS")
     pack = harness.load_pack(REPO)
-    import importlib
-
-    run_module = importlib.import_module(f"{pack.__name__}.nodes.training_run")
-    pairs_module = importlib.import_module(f"{pack.__name__}.nodes.training_pairs")
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -133,10 +133,60 @@ def run_node(work: Path, args) -> dict:
     vae = harness.comfy_vae_from_diffusers(AutoencoderKL.from_pretrained(work / "model" / "vae"))
     del unet
     gc.collect()
+    return pack, model, clip, vae
+
+
+def node_step(work: Path, args, models, comfy_attention: bool = False):
+    """The Train node's step function on ``models``; ``comfy_attention``: without the node's training
+    attention (ComfyUI's own attention for this machine)."""
+    import importlib
+
+    pack, model, clip, vae = models
+    training = importlib.import_module(f"{pack.__name__}.nodes.comfy_training")
+    run_module = importlib.import_module(f"{pack.__name__}.nodes.training_run")
+    pairs_module = importlib.import_module(f"{pack.__name__}.nodes.training_pairs")
     cfg = _config(work, args)
     pairs = pairs_module.pairs_from_folder(str(work / "shots"), "", "floor")
-    run = run_module._ComfyRun(model, clip, vae, cfg, pairs.tensors(cfg.resolution, cfg.resample), pairs, None)
-    return {**_timed(run.train_step, args.steps), "imported_mb": baseline}
+    shipped = training.with_training_attention
+    if comfy_attention:
+        training.with_training_attention = lambda patched, sites: None
+    try:
+        run = run_module._ComfyRun(model, clip, vae, cfg, pairs.tensors(cfg.resolution, cfg.resample), pairs, None)
+    finally:
+        training.with_training_attention = shipped
+    return run.train_step
+
+
+def run_node(work: Path, args, comfy_attention: bool = False) -> dict:
+    import gc
+
+    sys.path.insert(0, str(REPO / "tests" / "comfyui"))
+    import harness
+
+    harness.setup_comfy(args.comfyui, work / "comfy")
+    baseline = _status_mb("VmRSS")
+    step = node_step(work, args, comfy_models(work, args), comfy_attention)
+    gc.collect()
+    return {**_timed(step, args.steps), "imported_mb": baseline}
+
+
+def run_interleaved(work: Path, args) -> dict:
+    """Every runtime in this one process, one step of each in turn: the machine's slow spells hit all of
+    them alike. Seconds per step of each runtime (median)."""
+    models = comfy_models(work, args)
+    steps = {"node": node_step(work, args, models)}
+    if args.comfy_attention:
+        steps["node_comfy_attention"] = node_step(work, args, models, comfy_attention=True)
+    steps["cli"] = cli_step(work, args)
+    times = {role: [] for role in steps}
+    for role, fn in steps.items():
+        fn(0)  # warm-up
+    for s in range(1, args.steps + 1):
+        for role, fn in steps.items():
+            began = time.perf_counter()
+            fn(s)
+            times[role].append(time.perf_counter() - began)
+    return {role: statistics.median(t) for role, t in times.items()}
 
 
 def prepare(work: Path, args) -> None:
@@ -164,43 +214,61 @@ def main(argv=None) -> int:
     p.add_argument("--rank", type=int, default=4, help="LoRA rank (default: 4)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per process after one warm-up (default: 10)")
     p.add_argument("--rounds", type=int, default=3, help="CLI/node process pairs (default: 3)")
-    p.add_argument("--comfy-attention", choices=("default", "pytorch"), default="default",
-                   help="ComfyUI's attention in the node's process: its default for the machine (on a CPU: "
-                   "sub-quadratic, chunked) or PyTorch's scaled_dot_product_attention, which diffusers uses and "
-                   "ComfyUI picks on NVIDIA cards (default: default)")
+    p.add_argument("--comfy-attention", action="store_true",
+                   help="also time the node with ComfyUI's own attention for the machine (on a CPU: sub-quadratic, "
+                   "chunked) in place of the PyTorch scaled_dot_product_attention it trains with, in every round")
     p.add_argument("--cli-resident", action="store_true", help="make the CLI's process read every weight before "
                    "training: it reads its model files lazily, so weights training never uses (the VAE decoder, "
                    "unused token embeddings) otherwise never count towards its memory, while ComfyUI holds them all")
-    p.add_argument("--role", choices=("cli", "node"), help=argparse.SUPPRESS)
+    p.add_argument("--interleaved", action="store_true", help="time every runtime in one process, a step of each in "
+                   "turn, instead of one process per runtime and round (no memory figures)")
+    p.add_argument("--role", choices=ROLES, help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(REPO / "tests"))
     if args.role:
-        print(json.dumps((run_cli if args.role == "cli" else run_node)(args.work, args)))
+        run = {"cli": run_cli, "node": run_node, "node_comfy_attention": lambda w, a: run_node(w, a, True)}[args.role]
+        print(json.dumps(run(args.work, args)))
         return 0
     work = Path(tempfile.mkdtemp(prefix="train_node_bench_"))
     prepare(work, args)
-    results = {"cli": [], "node": []}
+    if args.interleaved:
+        timed = run_interleaved(work, args)
+        summary = {"model": args.model, "resolution": args.resolution, "pairs": args.pairs, "steps": args.steps,
+                   "interleaved": True, **{f"{r}_s_per_step": t for r, t in timed.items()},
+                   **{f"{r}_ratio": timed[r] / timed["cli"] for r in timed if r != "cli"}}
+        for role in timed:
+            print(f"{role}: {timed[role]:.4f} s/step" + (f", {timed[role] / timed['cli']:.3f}x the CLI" if role != "cli" else ""))
+        print(json.dumps(summary))
+        return 0
+    roles = ROLES if args.comfy_attention else ROLES[:2]
+    results = {role: [] for role in roles}
     for _ in range(args.rounds):
-        for role in ("cli", "node"):
+        for role in roles:
             out = subprocess.run([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]),
                                   "--role", role, "--work", str(work)], capture_output=True, text=True, check=True)
             results[role].append(json.loads(out.stdout.strip().splitlines()[-1]))
     ratios = [n["s_per_step"] / c["s_per_step"] for c, n in zip(results["cli"], results["node"])]
+    other = [n["s_per_step"] / c["s_per_step"] for c, n in zip(results["cli"], results.get("node_comfy_attention", []))]
     summary = {"model": args.model, "resolution": args.resolution, "pairs": args.pairs, "steps": args.steps,
                "comfy_attention": args.comfy_attention, "cli_resident": args.cli_resident,
-               "cli_s_per_step": statistics.median(r["s_per_step"] for r in results["cli"]),
-               "node_s_per_step": statistics.median(r["s_per_step"] for r in results["node"]),
+               **{f"{role}_s_per_step": statistics.median(r["s_per_step"] for r in results[role]) for role in roles},
                "ratio_median": statistics.median(ratios), "ratios": [round(r, 3) for r in ratios],
+               **({"comfy_attention_ratio_median": statistics.median(other),
+                   "comfy_attention_ratios": [round(r, 3) for r in other]} if other else {}),
                **{f"{role}_{k}": max(r[k] for r in results[role]) for role in results
                   for k in ("imported_mb", "models_mb", "peak_mb")}}
     print("| runtime | s/step (median) | resident MB: code imported | models loaded | peak while training |\n"
           "|---|---|---|---|---|")
-    for role, label in (("cli", "dualanodiff train"), ("node", "ComfyUI Train node (ComfyUI imported)")):
+    for role, label in (("cli", "dualanodiff train"), ("node", "ComfyUI Train node (ComfyUI imported)"),
+                        ("node_comfy_attention", "the node with ComfyUI's attention"))[:len(roles)]:
         print(f"| {label} | {summary[role + '_s_per_step']:.3f} | {summary[role + '_imported_mb']:.0f} | "
               f"{summary[role + '_models_mb']:.0f} | {summary[role + '_peak_mb']:.0f} |")
     print(f"node / CLI per round: {', '.join(f'{r:.3f}' for r in ratios)} (median {summary['ratio_median']:.3f})")
+    if other:
+        print(f"node with ComfyUI's attention / CLI per round: {', '.join(f'{r:.3f}' for r in other)} "
+              f"(median {summary['comfy_attention_ratio_median']:.3f})")
     print(json.dumps(summary))
     return 0
 

@@ -66,6 +66,7 @@ def trainable_unet(model, args):
         state = torch.random.get_rng_state()  # the text-encoder LoRA is drawn next, as in dualanodiff train
     by_site = {s.block + (s.attention,): layers[layer_key(s.diffusers_path)] for s in sites}
     patched = apply_dual_patches(model, TrainingBank(by_site, "training"), Strengths(1.0, 1.0, 1.0))
+    with_training_attention(patched, sites)
     for block in {s.comfy_path.rsplit(".", 1)[0] for s in sites}:
         for norm in ("norm1", "norm2", "norm3"):
             name = f"diffusion_model.{block}.{norm}"
@@ -74,6 +75,34 @@ def trainable_unet(model, args):
         for name in checkpointed_layers(model):
             patched.add_object_patch(name, _subclass_copy(model_object(model, name), _Checkpointed))
     return patched, layers, state
+
+
+class _TrainingAttention:
+    """Attention replace patch of the training clone: PyTorch's scaled dot-product attention on the
+    projections' outputs (branch LoRA included), as ``dualanodiff train`` computes it. ComfyUI's default
+    attention on a CPU is chunked for memory-bound inference and costs more to train through; some
+    attention kernels ComfyUI picks on GPUs (Sage) have no backward pass at all."""
+
+    def __call__(self, q, k, v, extra_options):
+        from ..dualanodiff_core.model.attention_step import multi_head_attention
+
+        return multi_head_attention(q, k, v, extra_options["n_heads"])
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def with_training_attention(patched, sites) -> None:
+    """The training attention on every attention site of ``patched`` that has no replace patch of another
+    pack already (that one keeps the site: IPAdapter, PAG and the like change what the model learns from)."""
+    replaced = patched.model_options.get("transformer_options", {}).get("patches_replace", {})
+    attention = _TrainingAttention()
+    for site in sites:
+        taken = replaced.get(site.attention, {})
+        if site.block in taken or site.block[:2] in taken:
+            continue
+        setter = patched.set_model_attn1_replace if site.attention == "attn1" else patched.set_model_attn2_replace
+        setter(attention, *site.block)
 
 
 def checkpointed_layers(model) -> list:

@@ -43,3 +43,16 @@ def after_attention(layers, out: torch.Tensor, strengths: Strengths, group: int 
     if layers.saim is None or strengths.saim == 0:
         return out
     return on_pair_rows(lambda pairs: layers.saim(pairs, strengths.saim), out, group)
+
+
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                         mask: torch.Tensor | None = None) -> torch.Tensor:
+    """PyTorch's scaled dot-product attention over ``heads`` heads of (batch, tokens, heads * head width)
+    inputs: what ``dualanodiff train`` runs, and what the ComfyUI Train node runs in its place of ComfyUI's
+    attention (on a CPU ComfyUI's default is chunked, made for memory-bound inference and slower to
+    train through). ``mask``: (batch, heads, queries, keys) or broadcastable, as the SDPA takes it."""
+    b = q.shape[0]
+    head_dim = q.shape[-1] // heads
+    q, k, v = (t.view(b, -1, heads, head_dim).transpose(1, 2) for t in (q, k, v))
+    a = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return a.transpose(1, 2).reshape(b, -1, heads * head_dim).to(q.dtype)

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from torch import nn
 
-from ..model.attention_step import after_attention, key_value_input, lora_delta
+from ..model.attention_step import after_attention, key_value_input, lora_delta, multi_head_attention
 from ..model.pairing import with_background_rows, without_background_rows
 from ..model.layers import AttentionDims, DualAttentionLayers, build_dual_layers, layer_key
 from ..model.passes import BACKGROUND_PASS, PLAIN_PASS, PassContext
@@ -96,13 +95,10 @@ class DualAnoDiffAttnProcessor:
 
 def _multi_head_attention(attn, q, k, v, attention_mask):
     b, heads = q.shape[0], attn.heads
-    head_dim = q.shape[-1] // heads
-    q, k, v = (t.view(b, -1, heads, head_dim).transpose(1, 2) for t in (q, k, v))
     if attention_mask is not None:
-        attention_mask = attn.prepare_attention_mask(attention_mask, k.shape[2], b)
+        attention_mask = attn.prepare_attention_mask(attention_mask, k.shape[1], b)
         attention_mask = attention_mask.view(b, heads, -1, attention_mask.shape[-1])
-    a = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
-    return a.transpose(1, 2).reshape(b, -1, heads * head_dim).to(q.dtype)
+    return multi_head_attention(q, k, v, heads, attention_mask)
 
 
 class DualAnoDiffUNet(nn.Module):

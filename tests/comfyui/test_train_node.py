@@ -157,3 +157,30 @@ def test_bcm_u2net_finds_the_objects_the_cli_finds(pack, shots, tmp_path):
     assert len(node_masks) == len(cli_masks) == 1 and node_masks[0].shape == (64, 64)
     for a, b in zip(node_masks, cli_masks):
         torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), rtol=0, atol=0)
+
+
+def test_training_attention_is_sdpa_and_leaves_other_packs_sites(pack, comfy_models):
+    """The training clone attends with PyTorch's scaled dot-product attention (as dualanodiff train does) on
+    every site, except where another pack's replace patch already holds it."""
+    training = pack_module(pack, "nodes.comfy_training")
+    sites = pack_module(pack, "nodes.attention_sites").attention_sites(comfy_models[0])
+    model = comfy_models[0].clone()
+
+    def theirs(q, k, v, extra_options):
+        return q
+
+    model.set_model_attn1_replace(theirs, *sites[0].block)
+    training.with_training_attention(model, sites)
+    replaced = model.model_options["transformer_options"]["patches_replace"]
+    assert replaced["attn1"][sites[0].block] is theirs
+    ours = [replaced[s.attention][s.block] for s in sites[1:]]
+    assert len(ours) == len(sites) - 1 and all(isinstance(p, training._TrainingAttention) for p in ours)
+    assert "patches_replace" not in comfy_models[0].model_options["transformer_options"]  # the input MODEL untouched
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, n, 12, generator=g) for n in (16, 7, 7))
+    heads = 3
+    split = [t.view(2, -1, heads, 4).transpose(1, 2) for t in (q, k, v)]
+    weights = torch.softmax(split[0] @ split[1].transpose(-1, -2) / 2.0, dim=-1)  # 1/sqrt(head width 4)
+    expected = (weights @ split[2]).transpose(1, 2).reshape(2, 16, 12)
+    torch.testing.assert_close(ours[0](q, k, v, {"n_heads": heads}), expected, rtol=1e-5, atol=1e-6)
