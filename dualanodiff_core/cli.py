@@ -184,7 +184,10 @@ def _add_demo(sub) -> None:
     p.add_argument("--out", type=Path, default=d.out, help="output folder (default: ./%(default)s)")
     p.add_argument("--defect", choices=demo_world.DEFECTS, default=d.defect, help="defect type (default: %(default)s)")
     p.add_argument("--shots", type=int, default=d.shots, help="training pairs (default: %(default)s)")
-    p.add_argument("--pairs", type=int, default=d.pairs, help="pairs generated per model (default: %(default)s)")
+    p.add_argument("--pairs", type=int, default=d.pairs, help="pairs the DualAnoDiff model generates (default: %(default)s)")
+    p.add_argument("--ablation-pairs", type=int, default=d.ablation_pairs, help="pairs the model without SAIM generates, "
+                   "at most --pairs: enough to measure how badly its masks align (default: %(default)s; with --evaluate "
+                   "it generates --pairs, as its detector trains on them)")
     p.add_argument("--steps", type=int, default=d.steps, help="training steps per model (default: %(default)s)")
     p.add_argument("--rank", type=int, default=d.rank, help="LoRA rank (default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)s; the reference's "
@@ -220,6 +223,7 @@ def run_demo(args) -> int:
     from .demo.run import DemoConfig, run
 
     cfg = DemoConfig(out=args.out, base_model=args.base_model, defect=args.defect, shots=args.shots, pairs=args.pairs,
+                     ablation_pairs=args.ablation_pairs,
                      steps=args.steps, rank=args.rank, lr=args.lr, sample_steps=args.sample_steps, scheduler=args.scheduler,
                      guidance=args.guidance, mask_threshold=args.mask_threshold, seed=args.seed, ablation=not args.no_ablation,
                      evaluate=args.evaluate,

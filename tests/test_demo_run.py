@@ -116,4 +116,14 @@ def test_bad_demo_values_stop_before_any_work(tmp_path, capsys):
     assert "--mask-threshold must lie in (0, 1), got 1.5" in capsys.readouterr().err
     assert main(["demo", "--out", str(out), "--pairs", "0"]) == 2
     assert "--pairs must be at least 1" in capsys.readouterr().err
+    assert main(["demo", "--out", str(out), "--ablation-pairs", "0"]) == 2
+    assert "--ablation-pairs must be at least 1" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_ablation_draws_fewer_pairs_unless_a_detector_trains_on_them():
+    from dualanodiff_core.demo.run import DemoConfig, ablation_pairs
+
+    assert ablation_pairs(DemoConfig()) == 16
+    assert ablation_pairs(DemoConfig(pairs=8)) == 8
+    assert ablation_pairs(DemoConfig(evaluate=True)) == 64

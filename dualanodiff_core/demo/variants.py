@@ -1,7 +1,9 @@
 """The demo's two models, DualAnoDiff and the ablation without SAIM, each trained and sampled in a process of
-its own, side by side (one torch thread each on 2 cores: on the demo's 64 px model a SAIM step takes 0.31 s
-on one thread and 0.21 s on two, so two processes of one thread finish both models sooner than one of two
-threads after the other; and a process of one thread never spins against a busy neighbour). Every stage
+its own, side by side (one torch thread each on 2 cores while they train: on the demo's 64 px model a SAIM
+step takes 0.31 s on one thread and 0.21 s on two, so two processes of one thread finish both models sooner
+than one of two threads after the other; and a process of one thread never spins against a busy
+neighbour). Each generates with the cores free when it starts: the ablation, which trains faster and draws
+fewer pairs, is done by then, so the DualAnoDiff model draws its pairs on both. Every stage
 reports its steps and pairs to a ``display``; the trainer's and generator's own messages go to
 ``<out>/logs/<variant>.log``.
 """
@@ -30,10 +32,11 @@ class VariantResult:
 def run_variant(cfg, variant: str, images: Path, masks: Path, out: Path, threads: int | None, queue) -> VariantResult:
     """Train ``variant`` and generate its pairs; ``queue.put((variant, stage, done, total))`` on the way.
     ``threads``: torch's thread count in a worker process (None: the trainer's own choice)."""
-    from .run import _generate, _train
+    from .run import _generate, _train, ablation_pairs
 
+    chosen = os.environ.get("DUALANODIFF_THREADS")  # the user's, if any
     if threads is not None:
-        os.environ["DUALANODIFF_THREADS"] = str(threads)  # the trainer and generator keep to it
+        os.environ["DUALANODIFF_THREADS"] = str(threads)  # the trainer keeps to it
     log_path = out / "logs" / f"{variant}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     first_step = []
@@ -49,7 +52,10 @@ def run_variant(cfg, variant: str, images: Path, masks: Path, out: Path, threads
         t0 = time.perf_counter()
         ckpt = _train(cfg, images, masks, out / "checkpoints", saim=variant == "saim", progress=report("train"))
         t1 = time.perf_counter()
-        root = _generate(cfg, ckpt, out / "samples" / variant, progress=report("generate"))
+        if threads is not None:  # the generator takes the cores free now: both, once the other model is done
+            os.environ.pop("DUALANODIFF_THREADS", None) if chosen is None else os.environ.update(DUALANODIFF_THREADS=chosen)
+        root = _generate(cfg, ckpt, out / "samples" / variant, progress=report("generate"),
+                         pairs=cfg.pairs if variant == "saim" else ablation_pairs(cfg))
         t2 = time.perf_counter()
     setup = (first_step[0] if first_step else t1) - t0
     return VariantResult(variant, ckpt, root, round(setup, 1), round(t1 - t0, 1), round(t2 - t1, 1))
