@@ -192,6 +192,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--rank", type=int, default=d.rank, help="LoRA rank (default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)s; the reference's "
                    "2e-5 needs thousands of steps)")
+    p.add_argument("--batches", choices=("random", "epoch"), default=d.batches, help="how each step's pairs are drawn, as "
+                   "train's --batches: epoch = every shot once per pass, random = with replacement (default: %(default)s, "
+                   "measured over five seeds in docs/demo.md)")
     p.add_argument("--sample-steps", type=int, default=d.sample_steps, help="sampling steps (default: %(default)s)")
     p.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=d.scheduler, help="sampler of both generation "
                    "stages, as generate's --scheduler (default: %(default)s, Euler ancestral: measured against DDIM in "
@@ -223,7 +226,7 @@ def run_demo(args) -> int:
     from .demo.run import DemoConfig, run
 
     cfg = DemoConfig(out=args.out, base_model=args.base_model, defect=args.defect, shots=args.shots, pairs=args.pairs,
-                     ablation_pairs=args.ablation_pairs,
+                     ablation_pairs=args.ablation_pairs, batches=args.batches,
                      steps=args.steps, rank=args.rank, lr=args.lr, sample_steps=args.sample_steps, scheduler=args.scheduler,
                      guidance=args.guidance, mask_threshold=args.mask_threshold, seed=args.seed, ablation=not args.no_ablation,
                      evaluate=args.evaluate,

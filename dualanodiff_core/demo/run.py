@@ -53,6 +53,7 @@ class DemoConfig:
     rank: int = 16
     lr: float = 1e-3          # the reference's 2e-5 is meant for 5000 steps on SD 1.5
     pairs_per_step: int = 4
+    batches: str = "epoch"    # every shot once per pass (train's --batches); random draws left seed 4 drawing stubs
     sample_steps: int = 15
     scheduler: str = "euler-a"  # a name of runtime.sampling.SCHEDULERS, as generate's --scheduler
     guidance: float = 2.5
@@ -89,7 +90,8 @@ def _train(cfg: DemoConfig, images: Path, masks: Path, out: Path, saim: bool, pr
         images=images, masks=masks, base_model=cfg.base_model, output_dir=out,
         name="demo_" + ("saim" if saim else "no_saim"), resolution=64, rank=cfg.rank, lr=cfg.lr, steps=cfg.steps,
         pairs_per_step=cfg.pairs_per_step, seed=cfg.seed, prompt_global=PROMPT_GLOBAL, prompt_anomaly=PROMPT_ANOMALY,
-        checkpoint_every=0, validate_every=0, save_dtype="fp32", overwrite=True, no_saim=not saim, cpu=cfg.cpu),
+        checkpoint_every=0, validate_every=0, save_dtype="fp32", overwrite=True, no_saim=not saim, cpu=cfg.cpu,
+        batches=cfg.batches),
         progress=progress)
 
 
@@ -230,6 +232,10 @@ def check_config(cfg: DemoConfig) -> None:
         raise DualAnoDiffError(f"--defect {cfg.defect!r}: choose one of {', '.join(demo_world.DEFECTS)}")
     from ..runtime.sampling import SCHEDULERS
 
+    from ..training.train_args import BATCHES
+
+    if cfg.batches not in BATCHES:
+        raise DualAnoDiffError(f"--batches {cfg.batches!r}: choose one of {', '.join(BATCHES)}")
     if cfg.scheduler not in SCHEDULERS:
         raise DualAnoDiffError(f"--scheduler {cfg.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     checks.output_dir(cfg.out, "--out")
