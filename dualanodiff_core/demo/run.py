@@ -53,7 +53,7 @@ class DemoConfig:
     rank: int = 16
     lr: float = 1e-3          # the reference's 2e-5 is meant for 5000 steps on SD 1.5
     pairs_per_step: int = 4
-    batches: str = "epoch"    # every shot once per pass (train's --batches); random draws left seed 4 drawing stubs
+    batches: str = "epoch"    # every shot once per pass (train's --batches): five seeds in docs/demo.md
     sample_steps: int = 15
     scheduler: str = "euler-a"  # a name of runtime.sampling.SCHEDULERS, as generate's --scheduler
     guidance: float = 2.5
