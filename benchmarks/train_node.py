@@ -119,14 +119,19 @@ def run_cli(work: Path, args) -> dict:
     return {**_timed(cli_step(work, args), args.steps), "imported_mb": imported}
 
 
-def comfy_models(work: Path, args):
-    """(the pack as ComfyUI loads it, MODEL, CLIP, VAE) of the benchmark's model; ComfyUI set up first."""
-    import gc
-
+def setup_comfy(work: Path, args):
+    """ComfyUI imported and set up in this process; returns the tests' harness."""
     sys.path.insert(0, str(REPO / "tests" / "comfyui"))
     import harness
 
     harness.setup_comfy(args.comfyui, work / "comfy")
+    return harness
+
+
+def comfy_models(work: Path, harness):
+    """(the pack as ComfyUI loads it, MODEL, CLIP, VAE) of the benchmark's model (after :func:`setup_comfy`)."""
+    import gc
+
     pack = harness.load_pack(REPO)
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -165,12 +170,9 @@ def node_step(work: Path, args, models, comfy_attention: bool = False):
 def run_node(work: Path, args, comfy_attention: bool = False) -> dict:
     import gc
 
-    sys.path.insert(0, str(REPO / "tests" / "comfyui"))
-    import harness
-
-    harness.setup_comfy(args.comfyui, work / "comfy")
+    harness = setup_comfy(work, args)
     baseline = _status_mb("VmRSS")
-    step = node_step(work, args, comfy_models(work, args), comfy_attention)
+    step = node_step(work, args, comfy_models(work, harness), comfy_attention)
     gc.collect()
     return {**_timed(step, args.steps), "imported_mb": baseline}
 
@@ -178,7 +180,7 @@ def run_node(work: Path, args, comfy_attention: bool = False) -> dict:
 def run_interleaved(work: Path, args) -> dict:
     """Every runtime in this one process, one step of each in turn: the machine's slow spells hit all of
     them alike. Seconds per step of each runtime (median)."""
-    models = comfy_models(work, args)
+    models = comfy_models(work, setup_comfy(work, args))
     steps = {"node": node_step(work, args, models)}
     if args.comfy_attention:
         steps["node_comfy_attention"] = node_step(work, args, models, comfy_attention=True)

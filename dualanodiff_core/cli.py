@@ -169,6 +169,7 @@ def _add_demo(sub) -> None:
     from .demo import world as demo_world
     from .runtime.sampling import SCHEDULERS
     from .demo.run import DemoConfig
+    from .training.train_args import BATCHES
 
     d = DemoConfig()
     p = sub.add_parser(
@@ -192,7 +193,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--rank", type=int, default=d.rank, help="LoRA rank (default: %(default)s)")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: %(default)s; the reference's "
                    "2e-5 needs thousands of steps)")
-    p.add_argument("--batches", choices=("random", "epoch"), default=d.batches, help="how each step's pairs are drawn, as "
+    p.add_argument("--batches", choices=BATCHES, default=d.batches, help="how each step's pairs are drawn, as "
                    "train's --batches: epoch = every shot once per pass, random = with replacement (default: %(default)s, "
                    "measured over five seeds in docs/demo.md)")
     p.add_argument("--sample-steps", type=int, default=d.sample_steps, help="sampling steps (default: %(default)s)")

@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         rows = {}
         for steps, guidance in SAMPLING:
             run_cfg = dataclasses.replace(cfg, sample_steps=steps, guidance=guidance)
-            root = demo._generate(run_cfg, ckpt, args.demo / "stages" / f"steps{steps}_g{guidance}")
+            root = demo._generate(run_cfg, ckpt, args.demo / "stages" / f"steps{steps}_g{guidance}", run_cfg.pairs)
             swept = demo.read_samples(root, cfg.pairs)
             rows[f"{steps} steps, guidance {guidance}"] = {**demo.metrics(swept, training),
                                                             **demo_stages.defect_pieces(swept["image"])}

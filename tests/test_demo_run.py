@@ -122,8 +122,8 @@ def test_bad_demo_values_stop_before_any_work(tmp_path, capsys):
 
 
 def test_the_ablation_draws_fewer_pairs_unless_a_detector_trains_on_them():
-    from dualanodiff_core.demo.run import DemoConfig, ablation_pairs
+    from dualanodiff_core.demo.run import DemoConfig, variant_pairs
 
-    assert ablation_pairs(DemoConfig()) == 16
-    assert ablation_pairs(DemoConfig(pairs=8)) == 8
-    assert ablation_pairs(DemoConfig(evaluate=True)) == 64
+    assert variant_pairs(DemoConfig(), "saim") == 64 and variant_pairs(DemoConfig(), "no_saim") == 16
+    assert variant_pairs(DemoConfig(pairs=8), "no_saim") == 8
+    assert variant_pairs(DemoConfig(evaluate=True), "no_saim") == 64

@@ -73,7 +73,8 @@ class Narrator:
         with_saim = report.get("saim", {}).get("alignment_iou")
         without = report.get("no_saim", {}).get("alignment_iou")
         lines = [f"Done in {duration(seconds)}.",
-                 f"Open {sheet}: first the 8 real training pairs, then the pairs each model drew, one per row:",
+                 f"Open {sheet}: first the {report.get('config', {}).get('shots', 8)} real training pairs, then the "
+                 "pairs each model drew, one per row:",
                  "  global image (the whole object) | anomaly image (the defect alone) | mask (cut out of the "
                  "anomaly image) | overlay (the mask in green on the global image).",
                  "  With SAIM the green mask covers the magenta defect of the global image: image and mask agree."]

@@ -95,19 +95,21 @@ def _train(cfg: DemoConfig, images: Path, masks: Path, out: Path, saim: bool, pr
         progress=progress)
 
 
-def ablation_pairs(cfg: DemoConfig) -> int:
-    """Pairs the ablation draws: enough to measure how badly its masks align (``cfg.ablation_pairs``), or as
-    many as DualAnoDiff's where ``--evaluate`` trains a detector on them."""
-    return cfg.pairs if cfg.evaluate else min(cfg.pairs, cfg.ablation_pairs)
+def variant_pairs(cfg: DemoConfig, variant: str) -> int:
+    """Pairs ``variant`` draws: DualAnoDiff ``cfg.pairs``; the ablation enough to measure how badly its masks
+    align (``cfg.ablation_pairs``), or as many as DualAnoDiff where ``--evaluate`` trains a detector on them."""
+    if variant == "saim" or cfg.evaluate:
+        return cfg.pairs
+    return min(cfg.pairs, cfg.ablation_pairs)
 
 
-def _generate(cfg: DemoConfig, checkpoint: Path, out: Path, progress=None, pairs: int | None = None) -> Path:
+def _generate(cfg: DemoConfig, checkpoint: Path, out: Path, pairs: int, progress=None) -> Path:
     from ..generation.generate import GenerateConfig, generate
 
     shutil.rmtree(out, ignore_errors=True)  # samples of an earlier run came from another checkpoint
     return generate(GenerateConfig(
         base_model=cfg.base_model, checkpoint=checkpoint, output_dir=out, object="world", defect=cfg.defect,
-        num_pairs=pairs or cfg.pairs, batch_size=cfg.batch_size, scheduler=cfg.scheduler, steps=cfg.sample_steps,
+        num_pairs=pairs, batch_size=cfg.batch_size, scheduler=cfg.scheduler, steps=cfg.sample_steps,
         guidance=cfg.guidance, seed=cfg.seed, resolution=64, mask_threshold=cfg.mask_threshold, dtype="fp32",
         cpu=cfg.cpu), progress=progress)
 
@@ -231,7 +233,6 @@ def check_config(cfg: DemoConfig) -> None:
     if cfg.defect not in demo_world.DEFECTS:
         raise DualAnoDiffError(f"--defect {cfg.defect!r}: choose one of {', '.join(demo_world.DEFECTS)}")
     from ..runtime.sampling import SCHEDULERS
-
     from ..training.train_args import BATCHES
 
     if cfg.batches not in BATCHES:
@@ -268,7 +269,7 @@ def run(cfg: DemoConfig, narrator=None) -> dict:
     if len(variants) > 1:
         what = (f"Training two models side by side ({cfg.steps} steps each): DualAnoDiff, whose two branches (the "
                 "whole object, the defect alone) see each other through SAIM, and for comparison the same model "
-                f"without SAIM. Then DualAnoDiff draws {cfg.pairs} new pairs and the comparison {ablation_pairs(cfg)}.")
+                f"without SAIM. Then DualAnoDiff draws {cfg.pairs} new pairs and the comparison {variant_pairs(cfg, 'no_saim')}.")
     else:
         what = (f"Training DualAnoDiff ({cfg.steps} steps): two branches, one drawing the whole object and one the "
                 f"defect alone, that see each other through SAIM. Then it draws {cfg.pairs} new pairs.")
@@ -279,14 +280,14 @@ def run(cfg: DemoConfig, narrator=None) -> dict:
         if stage == "generate" and "generate" not in shown:
             shown.add("generate")
             say.stage(3, stages, f"Drawing {cfg.pairs} new defect images, each with its mask"
-                                 + (" (with each model)" if len(variants) > 1 else ""))
+                                 + (f" ({variant_pairs(cfg, 'no_saim')} with the comparison)" if len(variants) > 1 else ""))
         say.progress(variant, stage, done, total)
 
     done = run_variants(cfg, variants, images, masks, out, display)
     results, report = {}, {}
     for variant in variants:
         r = done[variant]
-        results[variant] = read_samples(r.samples, cfg.pairs if variant == "saim" else ablation_pairs(cfg))
+        results[variant] = read_samples(r.samples, variant_pairs(cfg, variant))
         report[variant] = {**metrics(results[variant], training), "checkpoint": str(r.checkpoint),
                            "setup_seconds": r.setup_seconds, "train_seconds": r.train_seconds,
                            "generate_seconds": r.generate_seconds}

@@ -32,7 +32,7 @@ class VariantResult:
 def run_variant(cfg, variant: str, images: Path, masks: Path, out: Path, threads: int | None, queue) -> VariantResult:
     """Train ``variant`` and generate its pairs; ``queue.put((variant, stage, done, total))`` on the way.
     ``threads``: torch's thread count in a worker process (None: the trainer's own choice)."""
-    from .run import _generate, _train, ablation_pairs
+    from .run import _generate, _train, variant_pairs
 
     chosen = os.environ.get("DUALANODIFF_THREADS")  # the user's, if any
     if threads is not None:
@@ -52,10 +52,11 @@ def run_variant(cfg, variant: str, images: Path, masks: Path, out: Path, threads
         t0 = time.perf_counter()
         ckpt = _train(cfg, images, masks, out / "checkpoints", saim=variant == "saim", progress=report("train"))
         t1 = time.perf_counter()
-        if threads is not None:  # the generator takes the cores free now: both, once the other model is done
-            os.environ.pop("DUALANODIFF_THREADS", None) if chosen is None else os.environ.update(DUALANODIFF_THREADS=chosen)
-        root = _generate(cfg, ckpt, out / "samples" / variant, progress=report("generate"),
-                         pairs=cfg.pairs if variant == "saim" else ablation_pairs(cfg))
+        if threads is not None and chosen is None:  # the generator takes the cores free now: both, once the other
+            del os.environ["DUALANODIFF_THREADS"]      # model is done
+        elif threads is not None:
+            os.environ["DUALANODIFF_THREADS"] = chosen
+        root = _generate(cfg, ckpt, out / "samples" / variant, variant_pairs(cfg, variant), progress=report("generate"))
         t2 = time.perf_counter()
     setup = (first_step[0] if first_step else t1) - t0
     return VariantResult(variant, ckpt, root, round(setup, 1), round(t1 - t0, 1), round(t2 - t1, 1))
